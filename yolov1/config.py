@@ -244,8 +244,10 @@ def _build(tp: Any, value: Any, path: str) -> Any:
             try:
                 return _build(arg, value, path)
             except ConfigError as err:
-                errors.append(str(err))
-        raise errors[0] if len(errors) == 1 else ConfigError(f"{where}: {_describe(value)} matches none of {args}")
+                errors.append(err)
+        if len(errors) == 1:
+            raise errors[0]
+        raise ConfigError(f"{where}: {_describe(value)} matches none of {[str(e) for e in errors]}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:

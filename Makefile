@@ -1,0 +1,40 @@
+# Two commands for a newcomer: `make demo` (the whole pipeline on generated VOC-format data, CPU, ~10 min)
+# and `make test`. Everything installs into .venv from pyproject.toml, pinned by constraints.txt.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+
+.PHONY: setup test test-fast lint bench clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP)  ## create .venv and install the project (pinned)
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)" >&2; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip 'setuptools>=68' wheel
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $@
+
+test: $(STAMP)  ## run the test suite (sets up first if needed)
+	$(VENV)/bin/pytest -q
+
+test-fast: $(STAMP)  ## the tests without the slow end-to-end ones
+	$(VENV)/bin/pytest -q -m "not slow"
+
+lint: $(STAMP)  ## ruff
+	$(VENV)/bin/ruff check yolov1 pipelines tests benchmarks
+
+bench: $(STAMP)  ## the CPU benchmarks (figures go in the README)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit $$?; done
+
+clean:  ## remove caches (keeps .venv, data and models)
+	rm -rf .pytest_cache .ruff_cache build *.egg-info
