@@ -1,0 +1,125 @@
+"""The evaluate stage: VOC mAP of the trained model on the test split, with pictures and DVC plot data.
+
+Writes ``reports/metrics.json`` (DVC metrics: map_voc07 — the paper's headline, 11-point — map_area, per-class AP
+by both methods, images/s), ``reports/pr/<class>.csv`` (DVC plots), ``reports/pr_curves.png`` and
+``reports/predictions.png`` (test images with predicted boxes in colour and ground truth in white), and logs all
+of them to the training run in MLflow. Difficult objects are excluded, as in the devkit; IoU is computed on
+continuous pixels, which equals the devkit's +1 convention on VOC's integer boxes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from pipelines.params import load_params
+from pipelines.tracking import TrackingUnavailable, configure, write_json
+from yolov1.config import Params
+
+log = logging.getLogger("yolov1.evaluate")
+REPORTS = Path("reports")
+WEIGHTS = Path("models/yolov1.pt")
+META = Path("models/yolov1.json")
+
+
+def run(params: Params, *, weights: Path = WEIGHTS, reports: Path = REPORTS, track: bool = True) -> dict:
+    from yolov1.checkpoint import load_weights
+    from yolov1.data import VOCDetection, load_split
+    from yolov1.evaluate import evaluate
+
+    device = "cuda" if torch.cuda.is_available() and params.train.device != "cpu" else "cpu"
+    model, model_cfg, classes = load_weights(weights, device=device)
+    root = Path(params.data.root)
+    images, objects = load_split(root / "prepared", "test")
+    dataset = VOCDetection(images, objects, root=root, data_cfg=params.data, input_size=model_cfg.input_size,
+                           grid_size=model_cfg.grid_size, train=False)
+    workers = min(params.train.num_workers, os.cpu_count() or 1)
+    result = evaluate(model, dataset, model_cfg=model_cfg, eval_cfg=params.eval, device=device, num_workers=workers)
+    metrics = result.summary(classes)
+    metrics["device"] = device
+    write_json(reports / "metrics.json", metrics)
+    _write_pr_data(result, classes, reports / "pr")
+    _write_pictures(result, classes, images, params, reports)
+    if track and META.is_file():
+        _log_to_run(params, metrics, reports)
+    return metrics
+
+
+def _write_pr_data(result, classes, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for c, name in enumerate(classes):
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["recall", "precision"])
+        for r, p in zip(result.area.recall[c], result.area.precision[c], strict=True):
+            writer.writerow([f"{r:.5f}", f"{p:.5f}"])
+        tmp = out_dir / f".{name}.csv.tmp"
+        tmp.write_text(buf.getvalue())
+        os.replace(tmp, out_dir / f"{name}.csv")
+
+
+def _write_pictures(result, classes, images, params: Params, reports: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from yolov1.plots import draw_boxes, image_grid, plot_pr_curves, save_image
+
+    plot_pr_curves(result.area.precision, result.area.recall, result.voc07.ap, classes, reports / "pr_curves.png",
+                   title=f"PR curves (legend: VOC07 AP), mAP {result.voc07.map:.3f} (11-pt) / {result.area.map:.3f} (area)")
+    pictures = []
+    root = Path(params.data.root)
+    for k in range(min(params.eval.num_pictures, result.num_images)):
+        boxes, scores, labels = result.detections[k]
+        keep = scores >= params.eval.draw_score_threshold
+        path = root / images.iloc[k]["path"]  # the dataset keeps the table's order
+        with Image.open(path) as img:
+            pictures.append(draw_boxes(img, boxes[keep], labels[keep], classes, scores=scores[keep],
+                                       gt_boxes_xyxy=np.asarray(result.ground_truths[k][0])))
+    if pictures:
+        save_image(image_grid(pictures, cols=4), reports / "predictions.png")
+
+
+def _log_to_run(params: Params, metrics: dict, reports: Path) -> None:
+    import mlflow
+
+    meta = json.loads(META.read_text())
+    configure(params.tracking)
+    with mlflow.start_run(run_id=meta["mlflow_run_id"]):
+        flat = {"test/map_voc07": metrics["map_voc07"], "test/map_area": metrics["map_area"],
+                "test/images_per_second": metrics["images_per_second"]}
+        for name, ap in metrics["ap_voc07"].items():
+            flat[f"test/ap_voc07/{name}"] = ap
+        mlflow.log_metrics({k: v for k, v in flat.items() if v is not None})
+        for name in ("metrics.json", "pr_curves.png", "predictions.png"):
+            if (reports / name).is_file():
+                mlflow.log_artifact(str(reports / name), artifact_path="evaluation")
+        mlflow.log_artifact("params.yaml")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="yolov1 evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    parser.add_argument("--weights", type=Path, default=WEIGHTS, help="weights file (default: %(default)s)")
+    parser.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        metrics = run(load_params(args.params), weights=args.weights, track=not args.no_track)
+    except (FileNotFoundError, ValueError, TrackingUnavailable) as err:
+        print(f"yolov1 evaluate: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: metrics[k] for k in ("map_voc07", "map_area", "images_per_second", "num_images")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,162 @@
+"""MLflow tracking for the stages: where runs go, a reachability check before work starts, lineage tags.
+
+Embedded default: tracking + registry on ``sqlite:///mlflow.db`` with artifacts under ``mlartifacts/`` (params
+`tracking`); ``MLFLOW_TRACKING_URI`` overrides it for a real server (e.g. an MLflow server on PostgreSQL with S3
+artifacts). mlflow is imported lazily: it costs 1-3 s and the library never needs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from yolov1.config import TrackingConfig
+
+FLOW_RUN_ENV = "YOLOV1_FLOW_RUN_ID"  # set by the Prefect tasks for the stage processes they start
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server cannot be reached; raised before any training starts."""
+
+
+def tracking_uri(cfg: TrackingConfig) -> str:
+    """MLFLOW_TRACKING_URI when set, else params `tracking.uri` (a relative sqlite path is relative to the cwd)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+
+
+def configure(cfg: TrackingConfig) -> str:
+    """Point mlflow at the tracking store, check it answers, and return the experiment id (created if new)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    experiment = mlflow.get_experiment_by_name(cfg.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if not uri.startswith(("http://", "https://", "databricks")):
+        artifact_location = Path(cfg.artifact_root).resolve().as_uri()  # local folder beside the sqlite store
+    return mlflow.create_experiment(cfg.experiment, artifact_location=artifact_location)
+
+
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """Raise `TrackingUnavailable` naming the URI unless the tracking store answers a cheap query."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise TrackingUnavailable(f"MLflow tracking server {uri} answered HTTP {resp.status} on /health")
+        except (urllib.error.URLError, OSError) as err:
+            raise TrackingUnavailable(
+                f"MLflow tracking server {uri} cannot be reached ({err}); start it or unset MLFLOW_TRACKING_URI "
+                "to use the embedded sqlite store"
+            ) from None
+        return
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        parent = db.parent if str(db.parent) else Path(".")
+        if not parent.exists() or not os.access(parent, os.W_OK):
+            raise TrackingUnavailable(f"MLflow tracking store {uri}: folder {parent} is missing or not writable")
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as err:  # any failure here means no training should start
+        raise TrackingUnavailable(f"MLflow tracking store {uri} cannot be used: {err}") from None
+
+
+def git_facts(cwd: Path | None = None) -> dict[str, str]:
+    """The commit the code came from and whether the tree had uncommitted changes."""
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": str(bool(status)).lower()}
+
+
+def data_hash(prepared_dir: Path, lock_path: Path = Path("dvc.lock")) -> str:
+    """DVC's hash of the prepared data: from dvc.lock when the prepare stage is recorded, else hashed here."""
+    if lock_path.is_file():
+        try:
+            import yaml
+
+            lock = yaml.safe_load(lock_path.read_text()) or {}
+            for out in lock.get("stages", {}).get("prepare", {}).get("outs", []):
+                if Path(out.get("path", "")).as_posix().rstrip("/") == prepared_dir.as_posix().rstrip("/"):
+                    return str(out["md5"])
+        except (OSError, ValueError, KeyError):
+            pass
+    digest = hashlib.md5()
+    for path in sorted(p for p in prepared_dir.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(prepared_dir).as_posix().encode())
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest() + ".dir-local"
+
+
+def flow_run_id() -> str | None:
+    """The Prefect flow run this stage belongs to, if any (env set by the flow's tasks, or Prefect's own)."""
+    return os.environ.get(FLOW_RUN_ENV) or os.environ.get("PREFECT__FLOW_RUN_ID") or None
+
+
+def lineage_tags(prepared_dir: Path) -> dict[str, str]:
+    """Tags that tie a run to its code, data and orchestration."""
+    tags = git_facts()
+    tags["dvc_data_hash"] = data_hash(prepared_dir)
+    run_id = flow_run_id()
+    if run_id:
+        tags["prefect_flow_run_id"] = run_id
+    return tags
+
+
+def system_tags(device: str) -> dict[str, str]:
+    """Facts about where a run ran."""
+    import torch
+    import torchvision
+
+    tags = {"device": device, "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
+            "python_version": platform.python_version(), "host_cpu": platform.processor() or platform.machine()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        tags["gpu"] = torch.cuda.get_device_name(0)
+    return tags
+
+
+class MlflowCallbacks:
+    """Training callbacks that log step and epoch metrics to the active MLflow run (rank 0 only)."""
+
+    def __init__(self) -> None:
+        import mlflow
+
+        self._mlflow = mlflow
+        self.history: list[dict[str, float]] = []
+
+    def on_step(self, step: int, metrics: dict[str, Any]) -> None:
+        clean = {f"train/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        self._mlflow.log_metrics(clean, step=step)
+        self.history.append({"step": step, **{k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}})
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> None:
+        clean = {f"epoch/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        self._mlflow.log_metrics(clean, step=epoch)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Atomic JSON write (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,201 @@
+"""The train stage: the paper's recipe on the prepared training split, tracked in MLflow.
+
+Outputs (DVC): ``models/yolov1.pt`` (state dict + the model config and class names needed to rebuild the net),
+``models/yolov1.json`` (metadata: the MLflow run and logged model, steps, speed) and ``reports/train_loss.csv``
+(loss curves for ``dvc plots``). The MLflow run gets every param (flattened), step losses and components, the
+learning rate, images/s, validation mAP every ``train.val_every`` epochs, system facts, lineage tags (git commit
+and dirty flag, DVC hash of the prepared data, Prefect flow run id) and the model as a pyfunc.
+
+The tracking store is checked before training starts, so a dead server fails the stage in seconds, not after
+hours. A killed run resumes from ``train.checkpoint_dir`` (``train.resume: auto``) into the same MLflow run.
+Under ``torchrun --nproc-per-node=N -m pipelines.train`` every rank trains; rank 0 alone tracks and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from pipelines.params import load_params
+from pipelines.tracking import TrackingUnavailable, write_json
+from yolov1.config import Params, flatten
+
+log = logging.getLogger("yolov1.train")
+WEIGHTS = Path("models/yolov1.pt")
+META = Path("models/yolov1.json")
+LOSS_CSV = Path("reports/train_loss.csv")
+LOSS_KEYS = ("loss", "loss_coord", "loss_obj", "loss_noobj", "loss_class")
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _datasets(params: Params):
+    from yolov1.data import VOCDetection, load_split
+
+    root = Path(params.data.root)
+    common = dict(root=root, data_cfg=params.data, input_size=params.model.input_size,
+                  grid_size=params.model.grid_size)
+    train_set = VOCDetection(*load_split(root / "prepared", "train"), train=True, **common)
+    val_set = VOCDetection(*load_split(root / "prepared", "test"), train=False, **common)
+    return train_set, val_set
+
+
+def _val_fn(params: Params, val_set):
+    from yolov1.evaluate import evaluate
+
+    def validate(model, epoch: int) -> dict[str, float]:
+        device = next(model.parameters()).device
+        result = evaluate(model, val_set, model_cfg=params.model, eval_cfg=params.eval, device=device,
+                          limit=params.train.val_images)
+        return {"map_voc07": result.voc07.map, "map_area": result.area.map}
+
+    return validate if params.train.val_every > 0 else None
+
+
+class _History:
+    """Keeps the step losses for the DVC plot and forwards to MLflow when tracking."""
+
+    def __init__(self, forward=None) -> None:
+        self.rows: list[dict[str, float]] = []
+        self.forward = forward
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        self.rows.append({"step": step, **{k: float(metrics[k]) for k in LOSS_KEYS if k in metrics}})
+        if self.forward:
+            self.forward.on_step(step, metrics)
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
+        if self.forward:
+            self.forward.on_epoch_end(epoch, metrics)
+
+    def write_csv(self, path: Path) -> None:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["step", "total", "coord", "obj", "noobj", "class"])
+        for row in self.rows:
+            writer.writerow([row["step"], *(f"{row.get(k, float('nan')):.6g}" for k in LOSS_KEYS)])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(buf.getvalue())
+        os.replace(tmp, path)
+
+
+def run(params: Params, *, track: bool = True) -> dict:
+    from yolov1.checkpoint import save_weights
+    from yolov1.data import collate_train
+    from yolov1.train import resolve_device, train
+
+    rank = _rank()
+    tracking = track and rank == 0
+    if tracking:  # before any data loading or training: fail fast when the store is unreachable
+        from pipelines.tracking import configure
+
+        experiment_id = configure(params.tracking)
+    train_set, val_set = _datasets(params)
+    device = resolve_device(params.train.device)
+    checkpoint_dir = Path(params.train.checkpoint_dir)
+    active = None
+    history = _History()
+    if tracking:
+        active = _start_run(params, experiment_id, checkpoint_dir, device)
+        from pipelines.tracking import MlflowCallbacks
+
+        history.forward = MlflowCallbacks()
+    try:
+        result = train(params.model, params.train, train_set, checkpoint_dir=checkpoint_dir,
+                       callbacks=history if rank == 0 else None, val_fn=_val_fn(params, val_set),
+                       collate_fn=collate_train, hash_extra={"classes": list(params.data.classes)})
+    except BaseException:
+        if active is not None:
+            import mlflow
+
+            mlflow.end_run(status="FAILED")
+        raise
+    if rank != 0:
+        return {}
+    meta = {"steps": result.steps, "epochs": result.epochs, "wall_time_s": round(result.wall_time_s, 2),
+            "images_per_second": round(result.images_per_second, 2), "params_hash": result.params_hash,
+            "device": str(device), "final_metrics": {k: float(v) for k, v in result.final_metrics.items()}}
+    save_weights(WEIGHTS, result.model, params.model, list(params.data.classes),
+                 extra={"params_hash": result.params_hash, "steps": result.steps, "epochs": result.epochs})
+    history.write_csv(LOSS_CSV)
+    if tracking:
+        meta.update(_finish_run(params, active))
+    write_json(META, meta)
+    return meta
+
+
+def _start_run(params: Params, experiment_id: str, checkpoint_dir: Path, device: torch.device):
+    import mlflow
+
+    from pipelines.tracking import lineage_tags, system_tags
+
+    run_file = checkpoint_dir / "mlflow_run_id"
+    resume_id = None
+    if params.train.resume == "auto" and run_file.is_file() and (checkpoint_dir / "last.pt").is_file():
+        resume_id = run_file.read_text().strip() or None
+    active = mlflow.start_run(run_id=resume_id, experiment_id=None if resume_id else experiment_id)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(active.info.run_id)
+    if resume_id is None:
+        mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else v
+                           for k, v in flatten(params).items() if not k.startswith("data.archives")})
+    mlflow.set_tags({**lineage_tags(Path(params.data.root) / "prepared"), **system_tags(str(device))})
+    return active
+
+
+def _finish_run(params: Params, active) -> dict:
+    import mlflow
+
+    from pipelines.pyfunc import log_pyfunc
+    from yolov1.data import load_split
+
+    mlflow.log_artifact(str(LOSS_CSV), artifact_path="training")
+    mlflow.log_artifact("params.yaml") if Path("params.yaml").is_file() else None
+    images, _ = load_split(Path(params.data.root) / "prepared", "test")
+    example = Path(params.data.root) / images.iloc[0]["path"]
+    info = log_pyfunc(WEIGHTS, example_image=example, score_threshold=params.eval.draw_score_threshold,
+                      nms_iou_threshold=params.eval.nms_iou_threshold, max_detections=params.eval.max_detections)
+    mlflow.end_run()
+    (Path(params.train.checkpoint_dir) / "mlflow_run_id").unlink(missing_ok=True)  # the run is complete
+    return {"mlflow_run_id": active.info.run_id, "model_uri": info.model_uri,
+            "mlflow_experiment": params.tracking.experiment}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="yolov1 train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    parser.add_argument("--no-track", action="store_true", help="do not log to MLflow (no model is logged)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if _rank() == 0 else logging.WARNING, format="%(message)s")
+    try:
+        meta = run(load_params(args.params), track=not args.no_track)
+    except (FileNotFoundError, ValueError, TrackingUnavailable) as err:
+        print(f"yolov1 train: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        from yolov1.train import NonFiniteLossError, ResumeError, TrainingInterrupted
+
+        if isinstance(err, (ResumeError, NonFiniteLossError, TrainingInterrupted)):
+            print(f"yolov1 train: error: {err}", file=sys.stderr)
+            return 2
+        raise
+    if meta:
+        print(json.dumps({k: meta[k] for k in ("steps", "epochs", "wall_time_s", "images_per_second")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
