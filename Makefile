@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup test test-fast lint bench clean help
+.PHONY: setup test test-fast lint bench demo run clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,13 @@ lint: $(STAMP)  ## ruff
 
 bench: $(STAMP)  ## the CPU benchmarks (figures go in the README)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit $$?; done
+
+demo: $(STAMP)  ## the whole chain on generated VOC-format data, CPU, in demo/ (Prefect flow over DVC stages)
+	$(PY) -m pipelines.demo
+
+run: $(STAMP)  ## the chain on real PASCAL VOC with the paper profile (needs the VOC archives and a GPU)
+	$(PY) -m pipelines.preflight
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pipelines.flows --workspace .
 
 clean:  ## remove caches (keeps .venv, data and models)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

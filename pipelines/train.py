@@ -103,6 +103,10 @@ def run(params: Params, *, track: bool = True) -> dict:
 
         experiment_id = configure(params.tracking)
     train_set, val_set = _datasets(params)
+    if params.train.num_workers == 0:
+        from yolov1.data import tune_malloc
+
+        tune_malloc()  # loader workers do this themselves; without workers the samples are decoded here
     device = resolve_device(params.train.device)
     checkpoint_dir = Path(params.train.checkpoint_dir)
     active = None
@@ -133,6 +137,10 @@ def run(params: Params, *, track: bool = True) -> dict:
     if tracking:
         meta.update(_finish_run(params, active))
     write_json(META, meta)
+    # The run is complete: its checkpoint is only for resuming a killed run. Left behind, the next `dvc repro` of
+    # this stage would fail on a params change (hash mismatch) or, after a code change, "resume" the finished run
+    # and silently skip training.
+    result.checkpoint.unlink(missing_ok=True)
     return meta
 
 

@@ -63,7 +63,7 @@ def create_workspace(dest: Path, params: dict[str, Any], *, message: str = "work
     if not (dest / ".dvc").exists():
         _run([sys.executable, "-m", "dvc", "init", "-q"], dest)
         _run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], dest)
-        _run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", "../.dvc-storage"], dest)
+        _run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", ".dvc-storage"], dest)
     _run(["git", "add", "-A"], dest)
     if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=dest).returncode != 0:
         _run(["git", "-c", "user.name=yolov1", "-c", "user.email=yolov1@localhost", "commit", "-q", "-m", message],
