@@ -82,7 +82,7 @@ def register(workspace: str) -> dict:
     return reproduce("register", workspace)
 
 
-@flow(name="yolov1-training-pipeline", log_prints=True)
+@flow(name="yolov1-training-pipeline", log_prints=True, persist_result=True)  # summary readable via the API
 def training_pipeline(workspace: str = ".", retrain: bool = False) -> dict:
     """download -> prepare -> train -> evaluate -> register in `workspace` (a DVC repo).
 

@@ -7,8 +7,10 @@ first model is champion by default); otherwise it gets ``challenger`` and the re
 written to ``reports/registration.json`` and printed.
 
 Racing registrations: the alias decision is serialised. On the embedded sqlite store a file lock beside the
-database makes register-and-decide atomic across processes; on any store the champion is re-read after the
-alias is set and the decision is redone if another registration moved it in between.
+database makes register-and-decide atomic across processes, so version order is decision order; on any store the
+champion is re-read after the alias is set and the decision is redone if another registration moved it in
+between. On a tracking server (no lock) that re-check narrows the race but cannot close it: MLflow aliases have no
+compare-and-set, so run one registration at a time there (e.g. a Prefect concurrency limit of 1).
 """
 
 from __future__ import annotations

@@ -36,3 +36,16 @@ def repo_params_dict():
     import yaml
 
     return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real local Prefect API (a server subprocess on SQLite in a temp dir) for the whole session; yields its URL.
+
+    Starting it costs 5-13 s, so every test that needs Prefect should share this one fixture.
+    """
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield PREFECT_API_URL.value()
