@@ -93,7 +93,7 @@ class _History:
 
 def run(params: Params, *, track: bool = True) -> dict:
     from yolov1.checkpoint import save_weights
-    from yolov1.data import collate_train
+    from yolov1.data import collate_train, worker_init_fn
     from yolov1.train import resolve_device, train
 
     rank = _rank()
@@ -119,7 +119,7 @@ def run(params: Params, *, track: bool = True) -> dict:
     try:
         result = train(params.model, params.train, train_set, checkpoint_dir=checkpoint_dir,
                        callbacks=history if rank == 0 else None, val_fn=_val_fn(params, val_set),
-                       collate_fn=collate_train, hash_extra={"classes": list(params.data.classes)})
+                       collate_fn=collate_train, worker_init_fn=worker_init_fn, hash_extra={"classes": list(params.data.classes)})
     except BaseException:
         if active is not None:
             import mlflow
