@@ -171,17 +171,16 @@ def test_perfect_prediction_gives_zero_loss_and_finite_gradients(confidence_targ
     assert pred.grad.abs().max().item() < 1e-5  # a minimum of a sum of squares
 
 
-def test_encode_targets_to_predictions_is_perfect_up_to_the_other_predictors():
+def test_encode_targets_to_predictions_is_a_zero_loss_prediction():
     encode = pytest.importorskip("yolov1.encode")
     _, target = random_case(2, 7, 2, 20, seed=9)
     k = int((target[..., 4] > 0).sum())
     pred = encode.targets_to_predictions(target, boxes_per_cell=2)
-    # It gives EVERY predictor of an object cell the truth with conf 1. Predictor 0 is responsible (IoU tie),
-    # and the other one is a non-responsible predictor, so the paper's loss charges it noobj:
-    # 0.5 * 1^2 per object cell -> noobj = 0.5 * K / N; every other term is 0.
-    assert_parts(make_loss("one", b=2, c=20)(pred, target), noobj=0.5 * k / 2)
-    pred[..., 9] = 0.0  # silence predictor 1: now a perfect prediction
+    # Predictor 0 holds the truth with conf 1 and is responsible (IoU tie -> lowest index); predictor 1 holds the
+    # same box with conf 0, so its noobj term is 0: every term is 0.
     assert_parts(make_loss("one", b=2, c=20)(pred, target))
+    pred[..., 9] = target[..., 4]  # predictor 1 conf 1 in object cells: noobj charges it 0.5 * 1^2 per object cell -> 0.5 * K / N
+    assert_parts(make_loss("one", b=2, c=20)(pred, target), noobj=0.5 * k / 2)
 
 
 def test_gradients_finite_for_zero_and_negative_predictions():

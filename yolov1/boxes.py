@@ -74,7 +74,9 @@ def batched_nms(boxes_xyxy: Tensor, scores: Tensor, idxs: Tensor, iou_threshold:
     """
     if boxes_xyxy.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes_xyxy.device)
-    return _tv_batched_nms(boxes_xyxy.float(), scores.float(), idxs, iou_threshold)
+    # float64: torchvision offsets each group by id * (max coordinate + 1); with ids ~ 1e3 and normalised boxes,
+    # float32 loses ~1e-4 and flips decisions near the threshold.
+    return _tv_batched_nms(boxes_xyxy.double(), scores.double(), idxs, iou_threshold)
 
 
 def _scale(boxes: Tensor, width: float | Tensor, height: float | Tensor) -> Tensor:
