@@ -6,12 +6,15 @@ serving process, or the base64 text of the encoded image bytes (JPEG/PNG) — th
 array (N, H, W, 3) are accepted too when calling `predict` in Python.
 Output: a DataFrame with one row per detection: ``image`` (row index of the input), ``label`` (VOC class name),
 ``score``, and ``xmin, ymin, xmax, ymax`` in continuous 0-based pixels of that input image.
+Inference param ``score_threshold`` (default: the one the model was logged with) overrides the score cut-off,
+e.g. ``{"dataframe_split": {...}, "params": {"score_threshold": 0.05}}``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import copy
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -44,8 +47,13 @@ class YoloV1Pyfunc(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:
         sources = _sources(model_input)
+        detector = self._detector
+        threshold = (params or {}).get("score_threshold")
+        if threshold is not None and float(threshold) != detector.score_threshold:
+            detector = copy.copy(detector)  # shares the net; the served instance keeps its own threshold
+            detector.score_threshold = float(threshold)
         rows = []
-        for i, pred in enumerate(self._detector(sources)):
+        for i, pred in enumerate(detector(sources)):
             for box, score, name in zip(pred.boxes_xyxy, pred.scores, pred.names, strict=True):
                 rows.append((i, name, float(score), *(float(v) for v in box)))
         return pd.DataFrame(rows, columns=OUTPUT_COLUMNS)
@@ -97,7 +105,7 @@ def log_pyfunc(weights_path: Path, *, example_image: Path, score_threshold: floa
     example = example_input(example_image)
     output = pd.DataFrame({"image": [0], "label": ["cat"], "score": [0.9], "xmin": [0.0], "ymin": [0.0],
                            "xmax": [1.0], "ymax": [1.0]})
-    signature = infer_signature(example, output)
+    signature = infer_signature(example, output, params={"score_threshold": float(score_threshold)})
     import PIL
 
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}",
