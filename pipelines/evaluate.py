@@ -49,7 +49,11 @@ def run(params: Params, *, weights: Path = WEIGHTS, reports: Path = REPORTS, tra
     _write_pr_data(result, classes, reports / "pr")
     _write_pictures(result, classes, images, params, reports)
     if track and META.is_file():
-        _log_to_run(params, metrics, reports)
+        run_id = json.loads(META.read_text()).get("mlflow_run_id")
+        if run_id:
+            _log_to_run(params, metrics, reports, run_id)
+        else:  # trained with --no-track: there is no run to add the test metrics to
+            log.info("%s names no MLflow run (trained with --no-track): test metrics not logged", META)
     return metrics
 
 
@@ -87,12 +91,11 @@ def _write_pictures(result, classes, images, params: Params, reports: Path) -> N
         save_image(image_grid(pictures, cols=4), reports / "predictions.png")
 
 
-def _log_to_run(params: Params, metrics: dict, reports: Path) -> None:
+def _log_to_run(params: Params, metrics: dict, reports: Path, run_id: str) -> None:
     import mlflow
 
-    meta = json.loads(META.read_text())
     configure(params.tracking)
-    with mlflow.start_run(run_id=meta["mlflow_run_id"]):
+    with mlflow.start_run(run_id=run_id):
         flat = {"test/map_voc07": metrics["map_voc07"], "test/map_area": metrics["map_area"],
                 "test/images_per_second": metrics["images_per_second"]}
         for name, ap in metrics["ap_voc07"].items():
@@ -101,7 +104,8 @@ def _log_to_run(params: Params, metrics: dict, reports: Path) -> None:
         for name in ("metrics.json", "pr_curves.png", "predictions.png"):
             if (reports / name).is_file():
                 mlflow.log_artifact(str(reports / name), artifact_path="evaluation")
-        mlflow.log_artifact("params.yaml")
+        if Path("params.yaml").is_file():
+            mlflow.log_artifact("params.yaml")
 
 
 def main(argv: list[str] | None = None) -> int:

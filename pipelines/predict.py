@@ -50,6 +50,7 @@ def collect_images(inputs: list[str]) -> list[Path]:
 
 
 def run(model: str, inputs: list[str], out_dir: Path, *, params_path: Path, score_threshold: float | None) -> dict:
+    import torch
     from PIL import Image
     from tqdm import tqdm
 
@@ -60,9 +61,10 @@ def run(model: str, inputs: list[str], out_dir: Path, *, params_path: Path, scor
 
     params = load_params(params_path)
     weights = resolve_weights(model, params_path)
-    net, model_cfg, classes = load_weights(weights, device="cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net, model_cfg, classes = load_weights(weights, device=device)
     threshold = params.eval.draw_score_threshold if score_threshold is None else score_threshold
-    detector = Detector(net, model_cfg, classes, score_threshold=threshold,
+    detector = Detector(net, model_cfg, classes, score_threshold=threshold, device=device,
                         nms_iou_threshold=params.eval.nms_iou_threshold, max_detections=params.eval.max_detections)
     images = collect_images(inputs)
     out_dir.mkdir(parents=True, exist_ok=True)

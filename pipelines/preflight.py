@@ -33,7 +33,7 @@ def archive_available(archive: ArchiveConfig, raw_dir: Path, timeout: float) -> 
                 if resp.status == 200:
                     return True, tried
                 tried.append(f"{url}: HTTP {resp.status}")
-        except (urllib.error.URLError, OSError) as err:
+        except (urllib.error.URLError, OSError, ValueError) as err:  # ValueError: not a URL urllib can open
             tried.append(f"{url}: {getattr(err, 'reason', err)}")
     return False, tried
 

@@ -45,7 +45,7 @@ class Evaluation:
             "map_area": _maybe(self.area.map),
             "ap_voc07": ap07["ap"],
             "ap_area": area["ap"],
-            "images_per_second": round(self.images_per_second, 2),
+            "images_per_second": None if np.isnan(self.images_per_second) else round(self.images_per_second, 2),
             "num_images": self.num_images,
         }
 

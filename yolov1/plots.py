@@ -71,7 +71,8 @@ def plot_pr_curves(precision: Sequence[np.ndarray], recall: Sequence[np.ndarray]
         ax.plot(recall[c], precision[c], color=np.array(class_colour(c)) / 255, label=f"{name} {ap[c]:.3f}")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.0), ylim=(0, 1.02), title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    if ax.get_legend_handles_labels()[0]:  # an untrained net may give no curve at all: then no (empty) legend
+        ax.legend(fontsize=7, loc="lower left", ncol=2)
     _save(fig, path)
 
 

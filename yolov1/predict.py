@@ -61,7 +61,8 @@ def load_image(source: ImageSource) -> Tensor:
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] != 3:
             raise ValueError(f"image array must be uint8 (H, W, 3), got {source.dtype} {source.shape}")
-        return torch.from_numpy(np.ascontiguousarray(source)).permute(2, 0, 1)
+        # np.require: a read-only array (pillow's, or np.asarray of one) is copied; torch needs writable memory.
+        return torch.from_numpy(np.require(source, requirements=("C", "W"))).permute(2, 0, 1)
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
