@@ -45,7 +45,7 @@ def run(params: Params, *, show_progress: bool = False) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.download",
+        prog="yolov1 download",
         description="Fetch the PASCAL VOC archives listed in params.yaml (data.archives): a `local` copy if set, "
         "else <data.root>/raw/<filename> if it verifies, else each mirror in order with resumable downloads. "
         "Every archive is checked against its size and md5, then safely extracted into <data.root>/extracted.",

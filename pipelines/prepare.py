@@ -360,7 +360,7 @@ def _usable_cpus() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.prepare",
+        prog="yolov1 prepare",
         description="Parse the VOC annotations of data.train_sets / data.test_sets (params.yaml) into "
         "<data.root>/prepared/images.parquet and objects.parquet, check every image file, run the data-validation "
         "gate (Great Expectations) and write the un-augmented grid targets targets_{train,test}.npy and "

@@ -1,8 +1,8 @@
 """The train stage: the paper's recipe on the prepared training split, tracked in MLflow.
 
 Outputs (DVC): ``models/yolov1.pt`` (state dict + the model config and class names needed to rebuild the net),
-``models/yolov1.json`` (metadata: the MLflow run and logged model, steps, speed) and ``reports/train_loss.csv``
-(loss curves for ``dvc plots``). The MLflow run gets every param (flattened), step losses and components, the
+``models/yolov1.json`` (metadata: the MLflow run and logged model, steps, speed), ``reports/train_loss.csv``
+(loss curves for ``dvc plots``) and ``reports/train_loss.png``. The MLflow run gets every param (flattened), step losses and components, the
 learning rate, images/s, validation mAP every ``train.val_every`` epochs, system facts, lineage tags (git commit
 and dirty flag, DVC hash of the prepared data, Prefect flow run id) and the model as a pyfunc.
 
@@ -32,6 +32,7 @@ log = logging.getLogger("yolov1.train")
 WEIGHTS = Path("models/yolov1.pt")
 META = Path("models/yolov1.json")
 LOSS_CSV = Path("reports/train_loss.csv")
+LOSS_PNG = Path("reports/train_loss.png")
 LOSS_KEYS = ("loss", "loss_coord", "loss_obj", "loss_noobj", "loss_class")
 
 
@@ -134,6 +135,10 @@ def run(params: Params, *, track: bool = True) -> dict:
     save_weights(WEIGHTS, result.model, params.model, list(params.data.classes),
                  extra={"params_hash": result.params_hash, "steps": result.steps, "epochs": result.epochs})
     history.write_csv(LOSS_CSV)
+    if history.rows:
+        from yolov1.plots import plot_loss_curves
+
+        plot_loss_curves(history.rows, LOSS_PNG, keys=LOSS_KEYS)
     if tracking:
         meta.update(_finish_run(params, active))
     write_json(META, meta)
@@ -170,6 +175,8 @@ def _finish_run(params: Params, active) -> dict:
     from yolov1.data import load_split
 
     mlflow.log_artifact(str(LOSS_CSV), artifact_path="training")
+    if LOSS_PNG.is_file():
+        mlflow.log_artifact(str(LOSS_PNG), artifact_path="training")
     mlflow.log_artifact("params.yaml") if Path("params.yaml").is_file() else None
     images, _ = load_split(Path(params.data.root) / "prepared", "test")
     example = Path(params.data.root) / images.iloc[0]["path"]
