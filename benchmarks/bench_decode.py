@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
 import torch
+from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from torchvision.ops import batched_nms as tv_batched_nms
 
 from yolov1.boxes import batched_nms
@@ -94,17 +94,6 @@ def time_ms(fn, repeats: int, warmup: int) -> tuple[float, float]:
         wall.append((time.perf_counter() - w0) * 1e3)
         cpu.append((time.process_time() - c0) * 1e3)
     return statistics.median(wall), statistics.median(cpu)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def check_agreement(preds: torch.Tensor, score_threshold: float) -> int:

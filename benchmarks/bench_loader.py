@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -78,17 +78,6 @@ def loader_images_per_s(dataset: VOCDetection, workers: int, passes: int) -> flo
         if epoch:  # the first epoch includes starting the workers
             rates.append(count / (time.perf_counter() - t0))
     return statistics.median(rates)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -7,11 +7,11 @@ repeats) with the machine and the speed-up of the vectorised loss over the loop,
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
+from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from yolov1.config import LossConfig
 from yolov1.loss import YoloLoss
@@ -79,17 +79,6 @@ def time_ms(fn, repeats: int, warmup: int) -> float:
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import statistics
 import time
 
 import torch
+from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from yolov1.config import ModelConfig
 from yolov1.model import build_model, count_parameters
@@ -45,13 +45,7 @@ def time_forward(model, images, repeats: int, warmup: int, dtype: torch.dtype | 
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    name = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
-    return f"{name}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def main() -> None:
