@@ -1,7 +1,7 @@
 """The Prefect flow runs the real chain end to end in the test harness.
 
 It runs after tests/test_pipeline_e2e.py on the same session workspace (file order), so download and prepare are
-up to date; `retrain=True` forces training, so train, evaluate and register really run under the flow.
+up to date; `retrain=True` forces training, so train and register really run under the flow.
 """
 
 from __future__ import annotations
@@ -34,8 +34,11 @@ def test_flow_reproduces_the_stages_and_registers(ws: Workspace, prefect_api, mo
 
     assert state.is_completed(), state
     summary = state.result()
-    assert summary["stages"] == {"download": "up to date", "prepare": "up to date", "train": "ran",
-                                 "evaluate": "ran", "register": "ran"}
+    stages = summary["stages"]
+    assert (stages["download"], stages["prepare"], stages["train"]) == ("up to date", "up to date", "ran")
+    # CPU training is deterministic: retrained weights can equal the last ones, and then DVC rightly skips
+    # evaluate; register always reruns (the model's metadata - run id, timings - is new).
+    assert stages["evaluate"] in ("ran", "up to date") and stages["register"] == "ran"
     new_version = max(before) + 1
     assert summary["version"] == str(new_version)
     assert summary["alias"] in ("champion", "challenger") and summary["reason"]
