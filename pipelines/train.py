@@ -76,7 +76,6 @@ class _History:
             self.forward.on_step(step, metrics)
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        log.info("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
         if self.forward:
             self.forward.on_epoch_end(epoch, metrics)
 
