@@ -62,6 +62,10 @@ class ModelConfig:
     head: Literal["fc", "conv"]
     head_hidden: int
     dropout: float
+    # Added after the first release: the defaults keep older checkpoints' configs loadable; params files must
+    # still give every key (the loader requires all fields).
+    backbone: Literal["darknet", "resnet18", "resnet34", "resnet50"] = "darknet"
+    pretrained: str = "none"  # "none", "imagenet" (torchvision's weights) or a path to a state dict / checkpoint
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,13 @@ class TrainConfig:
     val_every: int
     val_images: int
     loss: LossConfig
+    # Added after the first release (defaults only for code that builds a TrainConfig directly).
+    gpus: Union[Literal["auto"], int] = "auto"  # processes (one per GPU) the train stage starts; "auto" = all visible
+    grad_accumulation: int = 1  # micro-batches per optimizer step; batch_size stays the global batch per step
+    sync_batch_norm: bool = False  # SyncBatchNorm across ranks (only with more than one process)
+    checkpoint_every: int = 1  # epochs between resumable checkpoints (last.pt); best.pt follows validation mAP
+    freeze_backbone_epochs: int = 0  # backbone frozen (BatchNorm in eval mode) for the first N epochs
+    backbone_lr_multiplier: float = 1.0  # backbone learning rate = lr x this
 
 
 @dataclass(frozen=True)
@@ -109,12 +120,15 @@ class EvalConfig:
     match_iou_threshold: float
     draw_score_threshold: float
     num_pictures: int
+    precision: Literal["fp32", "bf16"] = "fp32"  # scoring precision on CUDA (bf16 ties change AP)
+    match_comparison: Literal[">=", ">"] = ">="  # ">=": the official devkit (VOCevaldet.m); ">": the Python ports
 
 
 @dataclass(frozen=True)
 class RegisterConfig:
     model_name: str
     min_improvement: float
+    min_map: float = 0.0  # absolute VOC07 mAP floor below which a model is never promoted
 
 
 @dataclass(frozen=True)
@@ -122,6 +136,7 @@ class TrackingConfig:
     experiment: str
     uri: str
     artifact_root: str
+    system_metrics: bool = True  # MLflow system metrics (CPU, memory, GPU) during training
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,28 @@ class ScheduleConfig:
     deployment: str
     cron: str
     timezone: str
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    max_image_pixels: int  # width x height, read from the image header before decoding (predict CLI and server)
+    max_rows: int  # images per request to the served model
+    max_request_bytes: int  # body size of one request to the served model
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    image_folder: str  # torchvision ImageFolder tree (one folder per class) for classification pretraining
+    val_folder: str | None  # held-out ImageFolder tree; null: val_fraction of image_folder
+    val_fraction: float
+    input_size: int  # the paper pretrains at 224 px
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    num_workers: int
+    output: str  # backbone checkpoint that model.pretrained takes
 
 
 @dataclass(frozen=True)
@@ -140,6 +177,8 @@ class Params:
     register: RegisterConfig
     tracking: TrackingConfig
     schedule: ScheduleConfig
+    serve: ServeConfig
+    pretrain: PretrainConfig
 
 
 def params_from_dict(raw: Any) -> Params:
