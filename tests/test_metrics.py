@@ -91,24 +91,57 @@ def test_difficult_match_is_ignored_and_not_a_positive():
     assert res["area"].ap[0] == 1.0 and res["voc07"].ap[0] == 1.0
 
 
-def test_iou_of_exactly_the_threshold_is_not_a_match():
-    # Object (0,0,10,10), area 100. Detection (0,0,10,5): intersection 50, union 100 -> IoU 0.5, not > 0.5 -> FP.
-    # Detection (0,0,10,5.5): 55 / 100 = 0.55 -> TP.
+def test_iou_of_exactly_the_threshold_matches_by_default_and_not_under_the_strict_rule():
+    # Object (0,0,10,10), area 100. Detection (0,0,10,5): intersection 50, union 100 -> IoU exactly 0.5.
+    # Official devkit (default ">="): 0.5 >= 0.5 -> TP, AP 1. Python ports (">"): 0.5 > 0.5 is false -> FP, AP 0.
+    # Detection (0,0,10,5.5): 55 / 100 = 0.55 -> TP under both rules.
     gt = [_gts([[0, 0, 10, 10]], [0])]
-    at = evaluate_detections([_dets([[0, 0, 10, 5]], [0.9], [0])], gt, num_classes=1, iou_threshold=0.5)
-    above = evaluate_detections([_dets([[0, 0, 10, 5.5]], [0.9], [0])], gt, num_classes=1, iou_threshold=0.5)
-    assert at.ap[0] == 0.0 and above.ap[0] == 1.0
+    at, above = [_dets([[0, 0, 10, 5]], [0.9], [0])], [_dets([[0, 0, 10, 5.5]], [0.9], [0])]
+    default = evaluate_detections(at, gt, num_classes=1, iou_threshold=0.5)
+    assert default.ap[0] == 1.0 and default.match_comparison == ">="
+    strict = evaluate_detections(at, gt, num_classes=1, iou_threshold=0.5, match_comparison=">")
+    assert strict.ap[0] == 0.0 and strict.match_comparison == ">"
+    for rule in (">=", ">"):
+        assert evaluate_detections(above, gt, num_classes=1, match_comparison=rule).ap[0] == 1.0
+
+
+def test_devkit_exact_tie_on_integer_voc_boxes():
+    # The case from the devkit notes: GT (1,1,10,10) vs detection (1,1,10,20), VOC's inclusive integer pixels.
+    # +1 convention: GT 10 x 10 = 100, detection 10 x 20 = 200, intersection 10 x 10 = 100, union 200 -> 0.5 exactly.
+    # VOCevaldet.m (ovmax >= 0.5): TP, AP 1. py-faster-rcnn (ovmax > 0.5): FP, AP 0.
+    # The project's shifted continuous boxes (0,0,10,10) vs (0,0,10,20) give 100 / 200 = 0.5 too, bit for bit.
+    gt, det = [_gts([[1, 1, 10, 10]], [0])], [_dets([[1, 1, 10, 20]], [0.9], [0])]
+    shifted_gt, shifted_det = [_gts([[0, 0, 10, 10]], [0])], [_dets([[0, 0, 10, 20]], [0.9], [0])]
+    for rule, expected in ((">=", 1.0), (">", 0.0)):
+        for method in ("voc07", "area"):
+            ours = evaluate_detections(det, gt, num_classes=1, method=method, inclusive_pixels=True,
+                                       match_comparison=rule)
+            project = evaluate_detections(shifted_det, shifted_gt, num_classes=1, method=method,
+                                          match_comparison=rule)
+            ref = devkit_voc_eval.voc_eval(det, gt, 0, 0.5, method == "voc07", True, rule)
+            assert ours.ap[0] == project.ap[0] == expected
+            assert ref[2] == pytest.approx(expected, abs=1e-12)  # the port sums 11 x 1/11
+
+
+def test_match_comparison_is_recorded_and_checked():
+    gt, det = [_gts([[0, 0, 10, 10]], [0])], [_dets([[0, 0, 10, 10]], [0.9], [0])]
+    for rule in (">=", ">"):
+        both = evaluate_both(det, gt, num_classes=1, match_comparison=rule)
+        assert {r.to_dict(["a"])["match_comparison"] for r in both.values()} == {rule}
+    with pytest.raises(ValueError, match="match_comparison"):
+        evaluate_detections(det, gt, num_classes=1, match_comparison="=>")
 
 
 def test_inclusive_pixels_adds_one():
     # Object (1,1,2,2), detection (1,1,3,2), integer corners.
     # inclusive: object 2x2 = 4, detection 3x2 = 6, intersection 2x2 = 4 -> IoU 4/(6+4-4) = 0.667 -> TP, AP 1.
-    # continuous: object 1x1 = 1, detection 2x1 = 2, intersection 1 -> IoU 1/2 = 0.5, not > 0.5 -> FP, AP 0.
+    # continuous: object 1x1 = 1, detection 2x1 = 2, intersection 1 -> IoU 1/2 = 0.5: under the strict rule
+    # (">", so that the +1 alone decides) not > 0.5 -> FP, AP 0.
     # The same boxes shifted to the project's (xmin-1, ymin-1, xmax, ymax): object (0,0,2,2) = 4, detection
     # (0,0,3,2) = 6, intersection 4 -> continuous IoU 0.667: the devkit's +1 IoU, as the docstring says.
     gt, det = [_gts([[1, 1, 2, 2]], [0])], [_dets([[1, 1, 3, 2]], [0.9], [0])]
     assert evaluate_detections(det, gt, num_classes=1, inclusive_pixels=True).ap[0] == 1.0
-    assert evaluate_detections(det, gt, num_classes=1, inclusive_pixels=False).ap[0] == 0.0
+    assert evaluate_detections(det, gt, num_classes=1, inclusive_pixels=False, match_comparison=">").ap[0] == 0.0
     shifted_gt, shifted_det = [_gts([[0, 0, 2, 2]], [0])], [_dets([[0, 0, 3, 2]], [0.9], [0])]
     assert evaluate_detections(shifted_det, shifted_gt, num_classes=1, inclusive_pixels=False).ap[0] == 1.0
 
@@ -213,7 +246,8 @@ def _package_aps(dets, gts, num_classes):
     preds [x1, y1, x2, y2, class, score] and gt [x1, y1, x2, y2, class, difficult, crowd]; value() with
     mpolicy="greedy" is the devkit's matching (best-IoU object only, no fall-back). recall_thresholds=None gives
     the area method exactly as the devkit's voc_ap; recall_thresholds=np.arange(0, 1.1, 0.1) the 11-point one,
-    same thresholds. Its IoU adds 1 (our inclusive_pixels=True). Where it departs from the devkit, and how these
+    same thresholds. Its IoU adds 1 (our inclusive_pixels=True) and it matches at IoU > threshold (our
+    match_comparison=">"; with continuous boxes no IoU is exactly 0.5 anyway). Where it departs from the devkit, and how these
     tests stay clear of it: it counts difficult objects as positives (sets here have none); its score sort and IoU
     argmax are not stable/first-max (scores and boxes here are continuous, so no ties); it stores APs as float32
     (hence 1e-6, not 1e-12); its mAP also averages classes without ground truth as 0 (only per-class APs of
@@ -233,7 +267,7 @@ def _package_aps(dets, gts, num_classes):
 @pytest.mark.parametrize(("seed", "num_classes"), [(0, 3), (1, 20), (2, 7)])
 def test_agrees_with_mean_average_precision_package(seed, num_classes):
     dets, gts = synthetic_detection_set(seed, num_images=150, num_classes=num_classes, integer_boxes=False)
-    ours = evaluate_both(dets, gts, num_classes=num_classes, inclusive_pixels=True)
+    ours = evaluate_both(dets, gts, num_classes=num_classes, inclusive_pixels=True, match_comparison=">")
     theirs = _package_aps(dets, gts, num_classes)
     with_gt = ours["area"].num_positives > 0
     assert with_gt.sum() >= num_classes - 1
@@ -242,9 +276,9 @@ def test_agrees_with_mean_average_precision_package(seed, num_classes):
         np.testing.assert_allclose(ours[method].ap[with_gt], theirs[method][with_gt], rtol=0, atol=1e-6)
 
 
-def _reference(dets, gts, num_classes, use_07_metric, inclusive_pixels):
+def _reference(dets, gts, num_classes, use_07_metric, inclusive_pixels, match_comparison=">="):
     return [
-        devkit_voc_eval.voc_eval(dets, gts, c, 0.5, use_07_metric, inclusive_pixels)
+        devkit_voc_eval.voc_eval(dets, gts, c, 0.5, use_07_metric, inclusive_pixels, match_comparison)
         for c in range(num_classes)
     ]
 
@@ -304,3 +338,36 @@ def test_evaluate_both_equals_single_method_runs():
         single = evaluate_detections(dets, gts, num_classes=5, method=method)
         np.testing.assert_array_equal(both[method].ap, single.ap)
         assert both[method].method == method and both[method].map == single.map
+
+
+def _with_exact_ties(dets, gts):
+    """Add to every image, per ground truth (x1, y1, x2, y2) of VOC integers, a detection (x1, y1, x2, y2 + h) with
+    h = y2 - y1 + 1: same width, double the height, so its +1 IoU with that object is h*w / (2h*w) = 0.5 exactly."""
+    out = []
+    for (boxes, scores, labels), (gt_boxes, gt_labels, _) in zip(dets, gts, strict=True):
+        tie = gt_boxes + np.stack([0 * gt_boxes[:, 0], 0 * gt_boxes[:, 0], 0 * gt_boxes[:, 0],
+                                   gt_boxes[:, 3] - gt_boxes[:, 1] + 1], axis=1)
+        tie_scores = np.linspace(0.95, 0.05, len(gt_labels))
+        out.append((np.concatenate([boxes, tie]), np.concatenate([scores, tie_scores]),
+                    np.concatenate([labels, gt_labels])))
+    return out
+
+
+@pytest.mark.parametrize("match_comparison", [">=", ">"])
+def test_agrees_with_devkit_port_under_both_rules_with_many_exact_ties(match_comparison):
+    dets, gts = synthetic_detection_set(16, num_images=150, num_classes=5, difficult_fraction=0.15)
+    dets = _with_exact_ties(dets, gts)
+    matches = match_detections(dets, gts, num_classes=5, iou_threshold=0.5, inclusive_pixels=True,
+                               match_comparison=match_comparison)
+    for method, use_07 in (("voc07", True), ("area", False)):
+        ours = evaluate_detections(dets, gts, num_classes=5, method=method, inclusive_pixels=True,
+                                   match_comparison=match_comparison)
+        ref = _reference(dets, gts, 5, use_07, True, match_comparison)
+        np.testing.assert_allclose(ours.ap, [r[2] for r in ref], rtol=0, atol=1e-12)
+        for c, (_, _, _, tp, fp) in enumerate(ref):
+            np.testing.assert_array_equal(matches[c].tp, tp.astype(bool))
+            np.testing.assert_array_equal(matches[c].fp, fp.astype(bool))
+    # The ties are real: the two rules disagree on this set, in the direction the rule says.
+    strict = evaluate_detections(dets, gts, num_classes=5, inclusive_pixels=True, match_comparison=">")
+    official = evaluate_detections(dets, gts, num_classes=5, inclusive_pixels=True, match_comparison=">=")
+    assert (official.ap >= strict.ap).all() and official.map > strict.map

@@ -1,7 +1,9 @@
 """PASCAL VOC detection mAP with the devkit's rules, as pure functions on in-memory per-image arrays.
 
 Matching (greedy, by score, difficult objects ignored) is vectorised per class; AP is either VOC2007's 11-point
-interpolation or VOC2010+'s area under the precision envelope. No file I/O: callers pass arrays or tensors.
+interpolation or VOC2010+'s area under the precision envelope. A match needs IoU >= 0.5 by default, the official
+devkit's rule (``VOCevaldet.m``: ``if ovmax>=VOCopts.minoverlap``); the Python ports' ``> 0.5`` is an option
+(``match_comparison=">"``). The two differ only on exact ties. No file I/O: callers pass arrays or tensors.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 
 __all__ = [
     "AP_METHODS",
+    "MATCH_COMPARISONS",
     "ImageDetections",
     "ImageGroundTruth",
     "ClassMatches",
@@ -29,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 APMethod = Literal["voc07", "area"]
 AP_METHODS: tuple[str, ...] = ("voc07", "area")
+MatchComparison = Literal[">=", ">"]
+# ">=": the official MATLAB devkit (VOCevaldet.m); ">": py-faster-rcnn's voc_eval, detectron2, mmdetection.
+MATCH_COMPARISONS: tuple[str, ...] = (">=", ">")
 # Built exactly as the devkit ports build it (np.arange, so 0.30000000000000004 etc.): a recall of exactly 0.3
 # then does not reach the 0.3 threshold, in the ports and here alike.
 _VOC07_RECALL_THRESHOLDS = np.arange(0.0, 1.1, 0.1)  # (11,)
@@ -63,7 +69,8 @@ class ClassMatches(NamedTuple):
 class VOCResult:
     """Per-class VOC AP. ``ap`` (C,) is NaN for a class without non-difficult ground truth, and ``map`` is the mean
     over the other classes (NaN when no class has any). ``precision``/``recall`` are each class's curves over its
-    detections by score descending (recall is NaN for classes without ground truth)."""
+    detections by score descending (recall is NaN for classes without ground truth). ``match_comparison`` is the
+    rule that produced it: ">=" (IoU >= iou_threshold, the official devkit) or ">" (strictly above, the ports)."""
 
     ap: np.ndarray
     map: float
@@ -73,6 +80,7 @@ class VOCResult:
     method: str
     iou_threshold: float
     inclusive_pixels: bool
+    match_comparison: str = ">="
 
     @property
     def classes_without_gt(self) -> list[int]:
@@ -86,6 +94,7 @@ class VOCResult:
         return {
             "method": self.method,
             "iou_threshold": self.iou_threshold,
+            "match_comparison": self.match_comparison,
             "inclusive_pixels": self.inclusive_pixels,
             "map": _nan_to_none(self.map),
             "ap": {name: _nan_to_none(ap) for name, ap in zip(class_names, self.ap.tolist(), strict=True)},
@@ -123,15 +132,18 @@ def match_detections(
     num_classes: int,
     iou_threshold: float,
     inclusive_pixels: bool = False,
+    match_comparison: MatchComparison = ">=",
 ) -> list[ClassMatches]:
     """Mark every detection TP, FP or ignored with the VOC devkit's rules, one ClassMatches per class (C entries).
 
     ``detections[i]`` is image i's (boxes_xyxy (D, 4), scores (D,), labels (D,)); ``ground_truths[i]`` its
     (boxes_xyxy (G, 4), labels (G,), difficult (G,) bool or None); numpy arrays or torch tensors, pixel xyxy.
     Per class, by score descending (stable: ties keep input order, as the devkit's MATLAB sort does), a detection
-    takes the first highest-IoU ground truth of its class in its image: IoU > iou_threshold and not yet taken -> TP,
-    taken -> FP (it does not fall back to another one), IoU <= iou_threshold -> FP, difficult -> ignored.
-    So the TPs are the first claims of each non-difficult ground truth, which is what makes this vectorisable.
+    takes the first highest-IoU ground truth of its class in its image: a hit (IoU >= iou_threshold with the default
+    ``match_comparison=">="``, the official devkit's ``ovmax>=minoverlap``; IoU > iou_threshold with ``">"``, the
+    Python ports' rule) not yet taken -> TP, taken -> FP (it does not fall back to another one), no hit -> FP,
+    a hit on a difficult one -> ignored. A detection in an image without ground truth of its class is FP whatever
+    the threshold. So the TPs are the first claims of each non-difficult ground truth, which makes this vectorisable.
 
     ``inclusive_pixels=True`` adds 1 to widths, heights and intersections (the devkit's inclusive integer pixels).
     The project's boxes are continuous with VOC's corners stored as (xmin - 1, ymin - 1, xmax, ymax); their plain
@@ -140,6 +152,8 @@ def match_detections(
     """
     if not 0.0 <= iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must lie in [0, 1], got {iou_threshold}")
+    if match_comparison not in MATCH_COMPARISONS:
+        raise ValueError(f"match_comparison must be one of {MATCH_COMPARISONS}, got {match_comparison!r}")
     det_boxes, det_scores, det_labels, det_image = _flatten_detections(detections, num_classes)
     gt_boxes, gt_labels, gt_difficult, gt_image = _flatten_ground_truths(ground_truths, num_classes)
     if len(detections) != len(ground_truths):
@@ -162,6 +176,7 @@ def match_detections(
             len(detections),
             iou_threshold,
             offset,
+            match_comparison == ">=",
         )
         matches.append(ClassMatches(scores, tp, fp, int(np.count_nonzero(~difficult))))
     logger.debug("matched %d detections against %d ground truths", len(det_scores), len(gt_labels))
@@ -176,6 +191,7 @@ def evaluate_detections(
     iou_threshold: float = 0.5,
     method: APMethod = "voc07",
     inclusive_pixels: bool = False,
+    match_comparison: MatchComparison = ">=",
 ) -> VOCResult:
     """VOC AP per class and mAP with one AP ``method``; inputs and matching rules as in :func:`match_detections`.
 
@@ -183,7 +199,8 @@ def evaluate_detections(
     """
     if method not in AP_METHODS:
         raise ValueError(f"method must be one of {AP_METHODS}, got {method!r}")
-    results = _evaluate(detections, ground_truths, num_classes, iou_threshold, inclusive_pixels, (method,))
+    results = _evaluate(detections, ground_truths, num_classes, iou_threshold, inclusive_pixels, match_comparison,
+                        (method,))
     return results[method]
 
 
@@ -194,20 +211,27 @@ def evaluate_both(
     num_classes: int,
     iou_threshold: float = 0.5,
     inclusive_pixels: bool = False,
+    match_comparison: MatchComparison = ">=",
 ) -> dict[str, VOCResult]:
     """{"voc07": ..., "area": ...} from one matching pass (the expensive part); see :func:`evaluate_detections`."""
-    return _evaluate(detections, ground_truths, num_classes, iou_threshold, inclusive_pixels, AP_METHODS)
+    return _evaluate(detections, ground_truths, num_classes, iou_threshold, inclusive_pixels, match_comparison,
+                     AP_METHODS)
 
 
-def _evaluate(detections, ground_truths, num_classes, iou_threshold, inclusive_pixels, methods):
-    kwargs = dict(num_classes=num_classes, iou_threshold=iou_threshold, inclusive_pixels=inclusive_pixels)
+def _evaluate(detections, ground_truths, num_classes, iou_threshold, inclusive_pixels, match_comparison, methods):
+    kwargs = dict(num_classes=num_classes, iou_threshold=iou_threshold, inclusive_pixels=inclusive_pixels,
+                  match_comparison=match_comparison)
     matches = match_detections(detections, ground_truths, **kwargs)
     curves = _curves(matches)
-    return {m: _result(matches, m, iou_threshold, inclusive_pixels, curves) for m in methods}
+    rule = (iou_threshold, inclusive_pixels, match_comparison)
+    return {m: _result(matches, m, rule, curves) for m in methods}
 
 
-def _match_class(det_boxes, det_image, gt_boxes, gt_image, gt_difficult, num_images, iou_threshold, offset):
-    """TP and FP flags (D,) of one class's detections (sorted by score) against its ground truth (sorted by image)."""
+def _match_class(det_boxes, det_image, gt_boxes, gt_image, gt_difficult, num_images, iou_threshold, offset,
+                 inclusive_match):
+    """TP and FP flags (D,) of one class's detections (sorted by score) against its ground truth (sorted by image).
+
+    ``inclusive_match``: a hit is IoU >= iou_threshold (the devkit), else IoU > iou_threshold (the ports)."""
     n = len(det_boxes)
     if n == 0 or len(gt_boxes) == 0:
         return np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
@@ -220,7 +244,8 @@ def _match_class(det_boxes, det_image, gt_boxes, gt_image, gt_difficult, num_ima
     iou = np.where(slot < count[:, None], iou, -np.inf)  # padding never wins
     best = iou.argmax(axis=1)[:, None]  # (D, 1) first maximum, as the devkit
     best_gt = np.take_along_axis(gt_index, best, axis=1)[:, 0]  # (D,)
-    hit = np.take_along_axis(iou, best, axis=1)[:, 0] > iou_threshold  # (D,)
+    best_iou = np.take_along_axis(iou, best, axis=1)[:, 0]  # (D,) -inf never hits: padding only
+    hit = best_iou >= iou_threshold if inclusive_match else best_iou > iou_threshold  # (D,)
     claims = np.flatnonzero(hit & ~np.take(gt_difficult, best_gt))  # difficult hits are neither TP nor FP
     _, first_claim = np.unique(best_gt[claims], return_index=True)  # first claim in score order wins
     tp = np.zeros(n, dtype=bool)
@@ -267,7 +292,8 @@ def _curves(matches):
     return curves
 
 
-def _result(matches, method, iou_threshold, inclusive_pixels, curves):
+def _result(matches, method, rule, curves):
+    iou_threshold, inclusive_pixels, match_comparison = rule
     num_positives = np.array([m.num_positives for m in matches], dtype=np.int64)  # (C,)
     ap = np.array(
         [voc_ap(r, p, method) if n else np.nan for (p, r), n in zip(curves, num_positives, strict=True)],
@@ -284,6 +310,7 @@ def _result(matches, method, iou_threshold, inclusive_pixels, curves):
         method=method,
         iou_threshold=float(iou_threshold),
         inclusive_pixels=bool(inclusive_pixels),
+        match_comparison=match_comparison,
     )
 
 

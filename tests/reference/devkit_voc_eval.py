@@ -8,6 +8,9 @@ result on VOC data:
   files, and images are named by their index;
 - the score sort is stable (MATLAB's sort is; numpy's default quicksort is not), which only matters for tied scores;
 - the devkit's "+ 1." of inclusive integer pixels is the parameter ``inclusive_pixels`` (``one`` below);
+- the match test is the official devkit's ``if ovmax>=VOCopts.minoverlap`` (VOCevaldet.m) by default;
+  py-faster-rcnn's ``if ovmax > ovthresh`` is ``match_comparison=">"``. They differ only when the best IoU is
+  exactly the threshold, e.g. GT (1,1,10,10) vs detection (1,1,10,20) with the +1: 100 / 200 = 0.5;
 - tp and fp are returned besides rec, prec, ap, so tests can compare the matching itself.
 """
 
@@ -47,14 +50,18 @@ def voc_ap(rec, prec, use_07_metric=False):
     return ap
 
 
-def voc_eval(detections, ground_truths, classidx, ovthresh=0.5, use_07_metric=False, inclusive_pixels=True):
+def voc_eval(detections, ground_truths, classidx, ovthresh=0.5, use_07_metric=False, inclusive_pixels=True,
+             match_comparison=">="):
     """rec, prec, ap, tp, fp = voc_eval(detections, ground_truths, classidx, [ovthresh], [use_07_metric])
 
     detections[i] = (boxes (D, 4) xyxy, scores (D,), labels (D,)) of image i;
     ground_truths[i] = (boxes (G, 4) xyxy, labels (G,), difficult (G,)) of image i.
     classidx: the class to evaluate. ovthresh: overlap threshold (default = 0.5).
     use_07_metric: whether to use VOC07's 11 point AP computation (default False).
+    match_comparison: ">=" (VOCevaldet.m, default) or ">" (py-faster-rcnn).
     """
+    if match_comparison not in (">=", ">"):
+        raise ValueError(match_comparison)
     one = 1.0 if inclusive_pixels else 0.0
 
     # load annots
@@ -138,7 +145,7 @@ def voc_eval(detections, ground_truths, classidx, ovthresh=0.5, use_07_metric=Fa
             ovmax = np.max(overlaps)
             jmax = np.argmax(overlaps)
 
-        if ovmax > ovthresh:
+        if (ovmax >= ovthresh) if match_comparison == ">=" else (ovmax > ovthresh):
             if not R["difficult"][jmax]:
                 if not R["det"][jmax]:
                     tp[d] = 1.0
