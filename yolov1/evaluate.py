@@ -97,7 +97,8 @@ def evaluate(model: nn.Module, dataset: Dataset, *, model_cfg: ModelConfig, eval
             image_ids.append(str(info["image_id"]))
     model.train(was_training)
     kwargs = dict(num_classes=model_cfg.num_classes, iou_threshold=eval_cfg.match_iou_threshold,
-                  inclusive_pixels=False)  # continuous pixels: identical to the devkit's +1 rule on VOC integers
+                  inclusive_pixels=False,  # continuous pixels: identical to the devkit's +1 rule on VOC integers
+                  match_comparison=eval_cfg.match_comparison)  # ">=": the official devkit's rule
     both = evaluate_both(detections, ground_truths, **kwargs)  # one matching pass, two AP methods
     voc07, area = both["voc07"], both["area"]
     n = len(detections)
