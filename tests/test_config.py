@@ -270,7 +270,7 @@ def test_model_config_from_dict_bounds_a_hostile_checkpoint_config(repo_params_d
                             ({"grid_size": "7"}, r"model\.grid_size: expected int, got '7'"),
                             ({"input_size": 450}, r"model\.input_size: input_size / grid_size must be"),
                             ({"grid_size": 32, "input_size": 1024, "width_multiplier": 4.0},
-                             r"model\.head_hidden: the fc head would have 68,853,661,696 weights")]:
+                             r"model\.head_hidden: the fc head would have 17,305,698,304 weights")]:
         with pytest.raises(ConfigError, match=message):
             model_config_from_dict({**repo_params_dict["model"], **change})
 
