@@ -1,9 +1,11 @@
 """`make demo`: the whole chain on generated VOC-format data, on a CPU, in a self-contained ``demo/`` workspace.
 
-1. Generates a VOC-layout tarball (profiles/synthetic-voc.yaml) and serves it on 127.0.0.1, so the demo goes
-   through exactly the download code real VOC does (the first mirror is deliberately dead, to show fall-through).
+1. Generates a VOC-layout tarball (profiles/synthetic-voc.yaml) into ``demo/.served/``; the download stage
+   fetches it from there like from any mirror (the first mirror is deliberately missing, to show fall-through),
+   verifies its md5 and extracts it. The mirrors are paths relative to the workspace, never a run-specific
+   address (a loopback port in params would change them, and rerun download, whenever the port differs).
 2. Creates or refreshes ``demo/``: its own git + DVC repo with the code, dvc.yaml and profiles/demo.yaml as
-   params.yaml (plus the tarball's md5 and the loopback mirrors), its own MLflow store and registry.
+   params.yaml (plus the tarball's md5 and mirrors), its own MLflow store and registry.
 3. Runs the Prefect flow (default; every task reproduces its DVC stage) or plain ``dvc repro`` (``--engine dvc``),
    then prints mAP, the registered version and alias, and how to open the MLflow and Prefect UIs.
 """
@@ -26,12 +28,10 @@ import yaml
 
 from pipelines.workspace import PROJECT_ROOT, create_workspace, load_profile
 
-DEFAULT_PORT = 8731
-
 
 @contextlib.contextmanager
 def serve_folder(folder: Path, port: int):
-    """Serve `folder` over HTTP on 127.0.0.1 (port 0 picks a free one); yields the bound port."""
+    """Serve `folder` over HTTP on 127.0.0.1 (port 0 picks a free one); yields the bound port (tests use it)."""
     handler = functools.partial(_QuietHandler, directory=str(folder))
     try:
         server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
@@ -72,16 +72,22 @@ def build_tarball(served: Path, spec: dict) -> tuple[str, int]:
     return md5, size
 
 
-def demo_params(profile: str, spec: dict, md5: str, size: int, port: int) -> dict:
+def demo_params(profile: str, spec: dict, md5: str, size: int, served: Path, workspace: Path) -> dict:
+    """`profile`'s params with the generated tarball (in folder `served`) as the one archive to download.
+
+    The mirrors are file paths, relative to `workspace` when `served` is inside it: identical on every run, so a
+    rerun finds the download stage's params unchanged.
+    """
     params = load_profile(profile)
-    base = f"http://127.0.0.1:{port}"
+    served, workspace = Path(served).resolve(), Path(workspace).resolve()
+    base = served.relative_to(workspace).as_posix() if served.is_relative_to(workspace) else served.as_posix()
     params["data"]["archives"] = [{
         "name": "synthetic-voc2007",
         "filename": spec["filename"],
         "md5": md5,
         "size": size,
         "local": None,
-        "mirrors": [f"{base}/dead-mirror/{spec['filename']}", f"{base}/{spec['filename']}"],
+        "mirrors": [f"{base}/missing-mirror/{spec['filename']}", f"{base}/{spec['filename']}"],
     }]
     params["data"]["classes"] = list(spec["classes"])
     params["model"]["num_classes"] = len(spec["classes"])
@@ -114,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="generated-data spec (default: %(default)s)")
     parser.add_argument("--engine", choices=("prefect", "dvc"), default="prefect",
                         help="run the chain as the Prefect flow or with plain `dvc repro` (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="loopback port for the data server")
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -124,10 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     workspace = args.workspace.resolve()
     served = workspace / ".served"
     md5, size = build_tarball(served, spec)
-    with serve_folder(served, args.port) as port:
-        params = demo_params(args.profile, spec, md5, size, port)
-        create_workspace(workspace, params, message=f"demo workspace ({args.profile} profile)")
-        summary = run_chain(workspace, args.engine)
+    params = demo_params(args.profile, spec, md5, size, served, workspace)
+    create_workspace(workspace, params, message=f"demo workspace ({args.profile} profile)")
+    summary = run_chain(workspace, args.engine)
     minutes = (time.perf_counter() - start) / 60
     print("\n" + "=" * 72)
     print(f"demo finished in {minutes:.1f} min ({args.engine})")

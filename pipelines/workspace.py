@@ -64,6 +64,9 @@ def create_workspace(dest: Path, params: dict[str, Any], *, message: str = "work
         _run([sys.executable, "-m", "dvc", "init", "-q"], dest)
         _run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], dest)
         _run([sys.executable, "-m", "dvc", "remote", "add", "-d", "local", ".dvc-storage"], dest)
+    # DVC then `git add`s the .gitignore / dvc.lock files it writes instead of printing "To track the changes
+    # with git, run: ..." after every stage (five times per demo). Set on old workspaces too.
+    _run([sys.executable, "-m", "dvc", "config", "core.autostage", "true"], dest)
     _run(["git", "add", "-A"], dest)
     if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=dest).returncode != 0:
         _run(["git", "-c", "user.name=yolov1", "-c", "user.email=yolov1@localhost", "commit", "-q", "-m", message],

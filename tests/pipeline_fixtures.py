@@ -1,14 +1,12 @@
 """One tiny pipeline workspace per pytest session, shared by the end-to-end and serving tests.
 
-`shared_workspace` generates the synthetic VOC tarball, serves it on 127.0.0.1, creates a workspace (its own git +
+`shared_workspace` generates the synthetic VOC tarball (the download stage's mirror), creates a workspace (its own git +
 DVC repo, pipelines/workspace.py) with the tiny profile and runs `dvc repro` in it once; every later call in the
 same session returns the same workspace. Each test module asks for it through a session-scoped fixture of its own.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import os
 import subprocess
 import sys
@@ -38,8 +36,6 @@ class Workspace:
 
 
 _CACHE: dict[str, Workspace] = {}
-_SERVERS = contextlib.ExitStack()
-atexit.register(_SERVERS.close)
 
 
 def shared_workspace(tmp_path_factory) -> Workspace:
@@ -102,17 +98,14 @@ def profile_classes() -> list[str]:
 
 
 def _build(base: Path) -> Workspace:
-    from pipelines.demo import build_tarball, demo_params, serve_folder
+    from pipelines.demo import build_tarball, demo_params
     from pipelines.workspace import create_workspace
 
     start = time.perf_counter()
     spec = yaml.safe_load(DATA_SPEC.read_text())
     served = base / "served"
     md5, size = build_tarball(served, spec)
-    # The server stays up for the session: a stage that wrongly reran download would then still be reported
-    # by the skip assertions, not as a connection error.
-    port = _SERVERS.enter_context(serve_folder(served, 0))
-    params = demo_params(PROFILE, spec, md5, size, port)
+    params = demo_params(PROFILE, spec, md5, size, served, base / "ws")  # mirrors: paths under `served`
     path = create_workspace(base / "ws", params, message="tiny test workspace")
     uri = f"sqlite:///{path}/mlflow.db"
     env = dict(os.environ)
