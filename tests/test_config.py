@@ -269,6 +269,7 @@ def test_model_config_from_dict_bounds_a_hostile_checkpoint_config(repo_params_d
                             ({"head_hidden": 65536}, r"model\.head_hidden: must be in \[1, 16384\]"),
                             ({"grid_size": "7"}, r"model\.grid_size: expected int, got '7'"),
                             ({"input_size": 450}, r"model\.input_size: input_size / grid_size must be"),
+                            # 4096 hidden x (4096 channels x 32 x 32 cells + 32 x 32 x (5 x 2 + 20)) = 17.3 G
                             ({"grid_size": 32, "input_size": 1024, "width_multiplier": 4.0},
                              r"model\.head_hidden: the fc head would have 17,305,698,304 weights")]:
         with pytest.raises(ConfigError, match=message):
