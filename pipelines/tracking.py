@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+import secrets
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -155,8 +156,62 @@ class MlflowCallbacks:
 
 
 def write_json(path: Path, payload: Any) -> None:
-    """Atomic JSON write (temp file + rename)."""
+    """Atomic JSON write: a temp file with a unique name beside `path`, then `os.replace`.
+
+    Unique per call (pid + random token, created with O_EXCL), so concurrent writers of one file never share or
+    delete each other's temp file and a reader sees either the old or a new complete file. Created with mode 0o666,
+    so the process umask applies as to any normal file (mkstemp would force 0600)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    data = (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:  # 48 random bits: practically never, but never overwrite another writer's file
+            continue
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def hash_test_split(prepared_dir: Path) -> str:
+    """SHA-256 of the test split alone: its image rows and their objects from ``prepared_dir`` (canonical CSV).
+
+    Two evaluations are comparable when this hash (and the match rule) agree: it changes when a test image, box,
+    label or difficult flag changes, and not when only the training data does (unlike `data_hash`)."""
+    from yolov1.data import load_split
+
+    images, objects = load_split(Path(prepared_dir), "test")
+    image_cols = [c for c in ("image_id", "year", "path", "width", "height") if c in images.columns]
+    object_cols = [c for c in ("image_id", "class_name", "class_index", "xmin", "ymin", "xmax", "ymax", "difficult")
+                   if c in objects.columns]
+    digest = hashlib.sha256()
+    for name, frame, cols in (("images", images, image_cols), ("objects", objects, object_cols)):
+        table = frame[cols].sort_values(cols, kind="stable").reset_index(drop=True)
+        digest.update(f"{name}\n".encode())
+        digest.update(table.to_csv(index=False, float_format="%.17g", lineterminator="\n").encode())
+    return digest.hexdigest()
+
+
+def log_params_artifact(params: Any, name: str = "params.yaml") -> None:
+    """Log the params actually used (the loaded, validated `Params`, whatever file they came from) to the active
+    MLflow run as `name`, with credentials in URLs (mirrors, tracking URI) redacted."""
+    import tempfile
+
+    import mlflow
+    import yaml
+
+    from yolov1.config import params_to_dict
+    from yolov1.redact import redact
+
+    text = redact(yaml.safe_dump(params_to_dict(params), sort_keys=False))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / name).write_text(text)
+        mlflow.log_artifact(str(Path(tmp) / name))

@@ -176,7 +176,9 @@ def _finish_run(params: Params, active) -> dict:
     mlflow.log_artifact(str(LOSS_CSV), artifact_path="training")
     if LOSS_PNG.is_file():
         mlflow.log_artifact(str(LOSS_PNG), artifact_path="training")
-    mlflow.log_artifact("params.yaml") if Path("params.yaml").is_file() else None
+    from pipelines.tracking import log_params_artifact
+
+    log_params_artifact(params)  # the params this run used (from --params), not whatever params.yaml is in the cwd
     images, _ = load_split(Path(params.data.root) / "prepared", "test")
     example = Path(params.data.root) / images.iloc[0]["path"]
     info = log_pyfunc(WEIGHTS, example_image=example, score_threshold=params.eval.draw_score_threshold,
