@@ -2,7 +2,9 @@
 
 `python -m pipelines.serve` registers deployment ``schedule.deployment`` (cron ``schedule.cron`` in
 ``schedule.timezone``, parameter ``workspace`` = the absolute --workspace path) and then runs each of its flow runs
-in a subprocess of this process until interrupted (Ctrl-C pauses the schedule).
+in a subprocess of this process until interrupted (Ctrl-C pauses the schedule). The schedule comes from the
+workspace's own params.yaml (``--params`` overrides it); the deployment, its cron and the next run time are
+printed before serving starts.
 
 Schedules need a real Prefect server. Prefect's temporary server (the one started on the fly when
 PREFECT_API_URL is unset) runs without its background services, so it never turns a cron into flow runs:
@@ -36,6 +38,7 @@ or from the CLI (`prefect deploy` stores these answers in a prefect.yaml it offe
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -72,21 +75,45 @@ def build_deployment(params: Params, workspace: str | Path) -> RunnerDeployment:
     )
 
 
+def next_run_times(cron: str, timezone: str, *, count: int = 1, after: dt.datetime | None = None) -> list[dt.datetime]:
+    """The next `count` times (timezone-aware, in `timezone`) the cron fires strictly after `after` (default: now).
+
+    Computed with Prefect's own server-side schedule, so what is printed is what the scheduler will create.
+    """
+    import asyncio
+
+    from prefect.server.schemas.schedules import CronSchedule
+
+    after = after or dt.datetime.now(dt.UTC)
+    dates = asyncio.run(CronSchedule(cron=cron, timezone=timezone).get_dates(n=count + 1, start=after))
+    return [d for d in dates if d > after][:count]
+
+
+def describe_schedule(params: Params, params_path: Path, *, after: dt.datetime | None = None) -> str:
+    """The lines printed when serving starts: deployment, cron and where it came from, next run time."""
+    cfg = params.schedule
+    [next_run] = next_run_times(cfg.cron, cfg.timezone, after=after)
+    return (f"deployment {cfg.deployment}: cron {cfg.cron!r} ({cfg.timezone}) from {params_path}\n"
+            f"next run: {next_run.isoformat()}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="yolov1 serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    parser.add_argument("--params", type=Path, default=None,
+                        help="params file with the `schedule` section (default: <workspace>/params.yaml)")
     parser.add_argument("--workspace", type=Path, default=Path("."),
                         help="the DVC repo the scheduled runs work in (default: the current folder)")
     args = parser.parse_args(argv)
-    try:
-        params = load_params(args.params)
-    except ConfigError as err:
-        print(f"yolov1 serve: error: {err}", file=sys.stderr)
-        return 2
     if not (args.workspace / "dvc.yaml").is_file():
         print(f"yolov1 serve: error: {args.workspace.resolve()} has no dvc.yaml (pass --workspace <a DVC repo>)",
               file=sys.stderr)
+        return 2
+    params_path = (args.params or args.workspace / "params.yaml").resolve()
+    try:
+        params = load_params(params_path)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"yolov1 serve: error: {err}", file=sys.stderr)
         return 2
     from prefect import serve
     from prefect.settings import PREFECT_API_URL
@@ -95,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         print("yolov1 serve: warning: PREFECT_API_URL is unset, so Prefect's temporary server is used and the cron "
               "schedule will not fire (start `prefect server start` and export PREFECT_API_URL; see --help)",
               file=sys.stderr)
+    print(describe_schedule(params, params_path), flush=True)
     serve(build_deployment(params, args.workspace))
     return 0
 

@@ -118,3 +118,57 @@ def test_serve_main_rejects_a_folder_without_dvc_yaml(tmp_path, capsys):
     assert main(["--params", str(params), "--workspace", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(tmp_path) in err and "dvc.yaml" in err
+
+
+def test_next_run_time_of_a_weekly_cron():
+    import datetime as dt
+
+    from pipelines.serve import next_run_times
+
+    wednesday_noon = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+    # "0 3 * * 0" = Sundays 03:00: the Sunday after Wednesday 25 November 2026 is the 29th.
+    [sunday] = next_run_times("0 3 * * 0", "UTC", after=wednesday_noon)
+    assert sunday == dt.datetime(2026, 11, 29, 3, 0, tzinfo=dt.UTC)
+    # Every minute, in Paris (UTC+1 in November): strictly after the start, two in a row a minute apart.
+    first, second = next_run_times("* * * * *", "Europe/Paris", count=2, after=wednesday_noon)
+    assert first == wednesday_noon + dt.timedelta(minutes=1) and second - first == dt.timedelta(minutes=1)
+    assert first.utcoffset() == dt.timedelta(hours=1)
+
+
+def test_serve_main_reads_the_workspace_params_and_prints_the_schedule(tiny_workspace, repo_params_dict, tmp_path,
+                                                                       monkeypatch, capsys):
+    """The served schedule is the workspace's own, not ./params.yaml's; nothing is served (prefect.serve stubbed)."""
+    import prefect
+
+    from pipelines.serve import main
+
+    ws_params = dict(repo_params_dict, schedule={"deployment": "every-minute", "cron": "* * * * *", "timezone": "UTC"})
+    (tiny_workspace / "params.yaml").write_text(yaml.safe_dump(ws_params, sort_keys=False))
+    elsewhere = tmp_path / "elsewhere"  # a cwd whose params.yaml has another (weekly) cron
+    elsewhere.mkdir()
+    (elsewhere / "params.yaml").write_text(yaml.safe_dump(repo_params_dict, sort_keys=False))
+    monkeypatch.chdir(elsewhere)
+    served = []
+    monkeypatch.setattr(prefect, "serve", lambda *deployments, **kw: served.extend(deployments))
+
+    assert main(["--workspace", str(tiny_workspace)]) == 0
+
+    [deployment] = served
+    assert deployment.name == "every-minute"
+    assert [s.schedule.cron for s in deployment.schedules] == ["* * * * *"]
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"deployment every-minute: cron '* * * * *' (UTC) from {tiny_workspace / 'params.yaml'}"
+    assert out[1].startswith("next run: ") and out[1].endswith("+00:00")
+
+    # --params still overrides the workspace's file.
+    served.clear()
+    assert main(["--workspace", str(tiny_workspace), "--params", str(elsewhere / "params.yaml")]) == 0
+    assert [s.schedule.cron for s in served[0].schedules] == [repo_params_dict["schedule"]["cron"]]
+
+
+def test_serve_main_names_a_missing_workspace_params_file(tiny_workspace, capsys):
+    from pipelines.serve import main
+
+    assert main(["--workspace", str(tiny_workspace)]) == 2  # the DVC repo has no params.yaml
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tiny_workspace / "params.yaml") in err
