@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,53 @@ def test_draw_boxes_empty_and_grey_input():
     gray = Image.new("L", (30, 20), 7)
     out = draw_boxes(gray, np.zeros((0, 4)), np.zeros(0, dtype=np.int64), NAMES)
     assert out.mode == "RGB" and out.size == (30, 20) and _colours(out) == {(7, 7, 7)}
+
+
+def test_labels_are_drawn_after_every_box():
+    # Box A's label sits just above it (y < 60); box B's top edge runs along y = 50 right through that label.
+    # Labels are drawn after all boxes, so B's line is hidden behind A's label patch, not drawn over it.
+    image = _grey(300, 200)
+    boxes = np.array([[40.0, 60.0, 200.0, 180.0], [20.0, 50.0, 280.0, 190.0]])
+    out = draw_boxes(image, boxes, np.array([0, 1]), NAMES, scores=np.array([0.9, 0.4]))
+    a, b = class_colour(0), class_colour(1)
+    patch = np.asarray(out)[48:59, 45:80]  # inside A's label patch (y 47..59), across B's top edge at y 50..51
+    assert (patch == b).all(axis=-1).sum() == 0  # no pixel of B's line crosses the label
+    assert (patch == a).all(axis=-1).sum() > 150  # the patch is A's colour (the rest is the text)
+    assert (np.asarray(out)[50:52, 21:39] == b).all()  # B's top edge, left of the label, is drawn
+    assert out.getpixel((279, 120)) == b  # B's right edge (x 279..280) is drawn where no label is
+
+
+def test_label_font_grows_with_the_image():
+    assert plots.label_font_size(100, 80) == 10  # the floor
+    assert plots.label_font_size(448, 448) == 13  # 0.03 x 448 = 13.4
+    assert plots.label_font_size(2000, 1500) == 60
+    # The label patch of a 2000 px image is ~6x taller than that of a 300 px one (font 60 vs 10).
+    heights = []
+    for side in (300, 2000):
+        out = draw_boxes(_grey(side, side), np.array([[side / 4, side / 2, side / 2, side * 0.9]]), np.array([0]),
+                         NAMES, scores=np.array([0.5]))
+        column = np.asarray(out)[: side // 2, int(side / 4) + 2]  # a column through the label, above the box
+        heights.append(int((column == class_colour(0)).all(axis=-1).sum()))
+    assert heights[1] > 4 * heights[0] > 0, heights
+
+
+def test_missing_font_falls_back_to_the_bitmap_font(monkeypatch, caplog):
+    monkeypatch.setattr(plots, "_FONT_FILE", "no-such-font-xyz.ttf")
+    out = draw_boxes(_grey(), np.array([[50.0, 40.0, 150.0, 110.0]]), np.array([1]), NAMES, scores=np.array([0.5]))
+    assert (np.asarray(out)[25:40, 50:100] == class_colour(1)).all(axis=-1).sum() > 20  # a label is still drawn
+    assert "no-such-font-xyz.ttf not found" in caplog.text
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_follow_the_umask(tmp_path: Path, umask: int, mode: int):
+    old = os.umask(umask)
+    try:
+        save_image(_grey(8, 8), tmp_path / "a.png")
+        plot_loss_curves([{"step": 1, "total": 1.0}], tmp_path / "loss.png", keys=("total",))
+    finally:
+        os.umask(old)
+    for name in ("a.png", "loss.png"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
 
 
 def test_image_grid_arithmetic():

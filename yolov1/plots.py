@@ -1,19 +1,25 @@
 """Pictures people would rather look at than read: boxes drawn on images, PR curves, loss curves.
 
-Drawing uses pillow; curves use matplotlib's non-interactive Agg backend (imported lazily). Every writer saves
+Boxes are drawn with torchvision's ``draw_bounding_boxes``; curves use matplotlib's non-interactive Agg backend (imported lazily). Every writer saves
 atomically (temp file + rename) so a half-written PNG never looks like a finished one.
 """
 
 from __future__ import annotations
 
 import colorsys
+import logging
 import os
-import tempfile
+import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+import torch
+from PIL import Image, ImageFont
+from torch import Tensor
+from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
+
+logger = logging.getLogger(__name__)
 
 
 def class_colour(index: int) -> tuple[int, int, int]:
@@ -23,28 +29,81 @@ def class_colour(index: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def draw_boxes(image: Image.Image, boxes_xyxy: np.ndarray, labels: np.ndarray, class_names: Sequence[str], *,
-               scores: np.ndarray | None = None, gt_boxes_xyxy: np.ndarray | None = None) -> Image.Image:
-    """Draw predictions (solid, class colour, "name 0.87") and optional ground truth (thin white) on a copy.
+def draw_boxes(image: Image.Image | Tensor, boxes_xyxy: np.ndarray, labels: np.ndarray,
+               class_names: Sequence[str], *, scores: np.ndarray | None = None,
+               gt_boxes_xyxy: np.ndarray | None = None) -> Image.Image:
+    """Draw predictions (class colour, "name 0.87" label) and optional ground truth (thin white) on a copy.
 
-    boxes_xyxy: (D, 4) pixel xyxy in this image's frame; labels: (D,) class indices; scores: (D,).
+    image: a PIL image or a uint8 (3, H, W) tensor; boxes_xyxy: (D, 4) pixel xyxy in this image's frame;
+    labels: (D,) class indices; scores: (D,). Drawn with ``torchvision.utils.draw_bounding_boxes`` in three
+    passes (ground truth, boxes, then every label last, highest score on top) so no box line crosses a label.
+    Line width and font size grow with the image (`label_font_size`); the font is DejaVu Sans when installed,
+    else pillow's built-in bitmap font.
     """
-    out = image.convert("RGB").copy()
-    draw = ImageDraw.Draw(out)
-    font = ImageFont.load_default()
-    width = max(2, round(max(out.size) / 200))
-    for box in np.asarray(gt_boxes_xyxy if gt_boxes_xyxy is not None else np.zeros((0, 4))).reshape(-1, 4):
-        draw.rectangle([float(v) for v in box], outline=(255, 255, 255), width=1)
-    for i, (box, label) in enumerate(zip(np.asarray(boxes_xyxy).reshape(-1, 4), np.asarray(labels), strict=True)):
-        colour = class_colour(int(label))
-        x1, y1, x2, y2 = (float(v) for v in box)
-        draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
-        text = class_names[int(label)] + (f" {float(scores[i]):.2f}" if scores is not None else "")
-        tx, ty = x1, max(0.0, y1 - 12)
-        bbox = draw.textbbox((tx, ty), text, font=font)
-        draw.rectangle(bbox, fill=colour)
-        draw.text((tx, ty), text, fill=(0, 0, 0), font=font)
-    return out
+    from torchvision.utils import draw_bounding_boxes
+
+    pixels = image if isinstance(image, Tensor) else pil_to_tensor(image.convert("RGB"))  # (3, H, W) uint8
+    height, width = int(pixels.shape[1]), int(pixels.shape[2])
+    line = max(2, round(max(width, height) / 200))
+    boxes = torch.as_tensor(np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4))
+    labels = np.asarray(labels).reshape(-1)
+    gt = torch.as_tensor(np.asarray(gt_boxes_xyxy if gt_boxes_xyxy is not None else np.zeros((0, 4)),
+                                    dtype=np.float32).reshape(-1, 4))
+    if len(gt):
+        pixels = draw_bounding_boxes(pixels, gt, colors=(255, 255, 255), width=1)
+    if len(boxes):
+        colours = [class_colour(int(c)) for c in labels]
+        pixels = draw_bounding_boxes(pixels, boxes, colors=colours, width=line)
+        pixels = _draw_labels(pixels, boxes, labels, class_names, scores, line)
+    return to_pil_image(pixels)
+
+
+def label_font_size(width: int, height: int) -> int:
+    """Label font size in pixels for a width x height image: 3% of the longer side, at least 10."""
+    return max(10, round(0.03 * max(width, height)))
+
+
+def _draw_labels(pixels: Tensor, boxes: Tensor, labels: np.ndarray, class_names: Sequence[str],
+                 scores: np.ndarray | None, line: int) -> Tensor:
+    """Every label on a filled patch of its class colour, just above its box (inside it at the top edge)."""
+    from torchvision.utils import draw_bounding_boxes
+
+    height, width = int(pixels.shape[1]), int(pixels.shape[2])
+    size = label_font_size(width, height)
+    font_path, font = _font(size)
+    order = np.argsort(scores, kind="stable") if scores is not None else np.arange(len(labels))
+    anchors, texts, colours, inks = [], [], [], []
+    for i in order:  # lowest score first: the best label is drawn last, on top
+        text = class_names[int(labels[i])] + (f" {float(scores[i]):.2f}" if scores is not None else "")
+        left, top, right, bottom = font.getbbox(text)
+        x1, y1 = float(boxes[i, 0]), float(boxes[i, 1])
+        # draw_bounding_boxes puts text at (x + 1, y + 1) of the box it is given (its margin for width 0).
+        y = y1 - bottom - 3 if y1 - bottom - 3 >= 0 else y1 + line
+        x = max(0.0, min(x1, width - right - 3))
+        anchors.append([x, y, x, y])
+        texts.append(text)
+        colour = class_colour(int(labels[i]))
+        colours.append(colour)
+        inks.append((0, 0, 0) if _luma(colour) > 140 else (255, 255, 255))
+    return draw_bounding_boxes(pixels, torch.tensor(anchors), labels=texts, colors=colours, width=0,
+                               font=font_path, font_size=size if font_path else None, label_colors=inks,
+                               label_background_colors=colours, fill_labels=True)
+
+
+_FONT_FILE = "DejaVuSans.ttf"  # Debian's fonts-dejavu-core; pillow finds it under /usr/share/fonts
+
+
+def _font(size: int) -> tuple[str | None, ImageFont.ImageFont | ImageFont.FreeTypeFont]:
+    """(file name for torchvision, the same font for measuring), or (None, pillow's bitmap font) without it."""
+    try:
+        return _FONT_FILE, ImageFont.truetype(_FONT_FILE, size)
+    except OSError:
+        logger.warning("%s not found: labels use pillow's small bitmap font", _FONT_FILE)
+        return None, ImageFont.load_default()
+
+
+def _luma(rgb: tuple[int, int, int]) -> float:
+    return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
 
 
 def image_grid(images: Sequence[Image.Image], *, cols: int, cell: int = 256) -> Image.Image:
@@ -90,10 +149,9 @@ def plot_loss_curves(history: Sequence[Mapping[str, float]], path: Path, *, keys
 
 
 def save_image(image: Image.Image, path: Path) -> None:
-    """Write a PNG atomically."""
+    """Write a PNG atomically, with the permissions of any new file (0666 less the umask)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
+    tmp = _temp_beside(path)
     try:
         image.save(tmp, format="PNG")
         os.replace(tmp, path)
@@ -113,8 +171,7 @@ def _pyplot():
 
 def _save(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
+    tmp = _temp_beside(path)
     try:
         fig.tight_layout()
         fig.savefig(tmp, format="png")
@@ -123,3 +180,14 @@ def _save(fig, path: Path) -> None:
         _pyplot().close(fig)
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _temp_beside(path: Path) -> str:
+    """A new, empty, uniquely named file next to `path`, created 0666 less the umask (mkstemp's is 0600)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return str(tmp)
