@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from pipelines.params import DEFAULT_PATH, load_params
 from pipelines.validate import IMAGE_OK, ValidationError, check_image_files, check_tables
 from yolov1.config import ConfigError, DataConfig, ModelConfig, Params
 from yolov1.encode import encode
+from yolov1.io import make_staging_dir, remove_leftovers
 from yolov1.voc import Annotation, AnnotationError, SkippedObject, parse_annotations, read_image_set
 
 __all__ = ["OUTPUT_FILES", "PrepareError", "PreparedTables", "read_tables", "encode_targets", "run", "main"]
@@ -43,6 +43,8 @@ log = logging.getLogger("yolov1.prepare")
 
 # What a successful run leaves in prepared/ (targets files are per split); removed whenever a run fails.
 OUTPUT_FILES = ("images.parquet", "objects.parquet", "report.json", "validation.json")
+STAGING_PREFIX = ".prepared-"  # + "<pid>-<random>": where a run builds its outputs before renaming them in
+OLD_PREFIX = ".prepared.old-"  # + "<pid>": the previous outputs, for the moment of the swap
 MAX_EXAMPLES = 5  # file names kept per skip reason / image problem in the report and errors
 _POOL_MIN_IMAGES = 1024  # fewer images are encoded in-process: a pool's start-up would cost more
 
@@ -192,7 +194,8 @@ def run(
     root = Path(params.data.root)
     prepared = root / "prepared"
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".prepared-", dir=root))
+    _remove_leftovers(root)
+    staging = make_staging_dir(root, STAGING_PREFIX)  # 0777 less the umask (mkdtemp's 0700 would stick)
     try:
         report = _prepare(params, staging, workers, check_images, show_progress)
         _publish(staging, prepared)
@@ -335,11 +338,18 @@ def _skipped_summary(skipped: Sequence[tuple[str, SkippedObject]]) -> dict[str, 
     return {"total": len(skipped), "by_reason": dict(by_reason)}
 
 
+def _remove_leftovers(root: Path) -> None:
+    """Staging folders of a killed prepare (``.prepared-<pid>-*``, ``.prepared.old-<pid>``) whose process is gone."""
+    for prefix in (STAGING_PREFIX, OLD_PREFIX):
+        for path in remove_leftovers(root, prefix):
+            log.warning("removed %s, left behind by an interrupted prepare", path)
+
+
 def _publish(staging: Path, prepared: Path) -> None:
     """Replace ``prepared`` by ``staging`` with renames: readers see the old set or the new one, never a mix."""
     old = None
     if prepared.exists():
-        old = prepared.with_name(f".{prepared.name}.old-{os.getpid()}")
+        old = prepared.with_name(f"{OLD_PREFIX}{os.getpid()}")
         os.replace(prepared, old)
     os.replace(staging, prepared)
     if old is not None:

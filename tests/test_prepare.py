@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -296,3 +297,37 @@ def test_encode_targets_matches_encode_per_image_in_a_pool_too(repo_params_dict,
         np.testing.assert_array_equal(serial[0][n], enc.target.numpy())
         displaced += enc.displaced
     assert serial[1] == displaced > 0  # the random boxes do collide
+
+
+def test_outputs_are_readable_by_group_and_others_under_umask_022(repo_params_dict, data: Path):
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        prepare.run(_params(repo_params_dict, data), workers=1)
+    finally:
+        os.umask(old)
+    out = data / "prepared"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755  # mkdtemp's 0700 used to stick to the published folder
+    for path in out.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name  # validation.json was 0600 (mkstemp)
+
+
+def test_leftovers_of_a_killed_prepare_are_removed_on_the_next_run(repo_params_dict, data: Path, caplog):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # a pid whose process has exited
+    stale = [data / ".prepared-abc123", data / f".prepared-{dead_pid}-xyz", data / f".prepared.old-{dead_pid}"]
+    for path in stale:
+        path.mkdir()
+        (path / "images.parquet").write_bytes(b"half")
+    live = data / f".prepared-{os.getppid()}-live"  # the pid of a live process: another prepare may be filling it
+    live.mkdir()
+    with caplog.at_level("WARNING", logger="yolov1.prepare"):
+        prepare.run(_params(repo_params_dict, data), workers=1)
+    assert not any(p.exists() for p in stale)
+    assert live.is_dir()
+    assert sum("left behind by an interrupted prepare" in r.getMessage() for r in caplog.records) == 3
+    assert sorted(p.name for p in (data / "prepared").iterdir()) == PREPARED_FILES
