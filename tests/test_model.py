@@ -29,7 +29,8 @@ def on_meta(c: ModelConfig) -> YOLOv1:
 
 
 def convs(model: YOLOv1) -> list[nn.Conv2d]:
-    return [m for m in model.backbone if isinstance(m, nn.Conv2d)]
+    """Every conv layer, backbone then head, in order."""
+    return [m for m in [*model.backbone, *model.head] if isinstance(m, nn.Conv2d)]
 
 
 # Paper net, no BN, S=7, B=2, C=20, FC 4096 (k*k*in*out + out per conv):
@@ -54,6 +55,18 @@ def test_conv_layer_counts():
     assert len(convs(on_meta(FAST))) == 9
 
 
+def test_backbone_is_the_pretrained_part_and_head_the_added_layers():
+    # Paper section 2.2: the first 20 conv layers are pretrained; detection adds 4 conv + 2 FC layers.
+    paper = on_meta(PAPER)
+    assert sum(isinstance(m, nn.Conv2d) for m in paper.backbone) == 20
+    assert sum(isinstance(m, nn.Conv2d) for m in paper.head) == 4
+    assert sum(isinstance(m, nn.Linear) for m in paper.head) == 2
+    assert [m.stride for m in paper.head if isinstance(m, nn.Conv2d)] == [(1, 1), (2, 2), (1, 1), (1, 1)]
+    fast = on_meta(FAST)  # six conv + pool pairs, then the three 1024-wide convs in the head
+    assert sum(isinstance(m, nn.Conv2d) for m in fast.backbone) == 6
+    assert [m.out_channels for m in fast.head if isinstance(m, nn.Conv2d)] == [1024, 1024, 1024]
+
+
 def test_parameter_counts_exact():
     assert PAPER_CONV_CHANNELS == 13_184 and FAST_CONV_CHANNELS == 4_080
     assert count_parameters(on_meta(PAPER)) == PAPER_PARAMS
@@ -68,7 +81,7 @@ def test_batch_norm_on_off():
     assert count_parameters(with_bn) == PAPER_PARAMS + PAPER_CONV_CHANNELS
     assert count_parameters(on_meta(cfg(FAST, batch_norm=True))) == FAST_PARAMS + FAST_CONV_CHANNELS
     assert all(c.bias is None for c in convs(with_bn))
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in with_bn.backbone) == 24
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in with_bn.modules()) == 24
     without = on_meta(PAPER)
     assert all(c.bias is not None for c in convs(without))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in without.modules())
@@ -166,3 +179,42 @@ def test_gradient_flows_to_every_parameter():
 def test_bad_stride_raises():
     with pytest.raises(ValueError, match="input_size"):
         build_model(cfg(input_size=100))
+
+
+def _legacy_state_dict(model: YOLOv1) -> dict[str, torch.Tensor]:
+    """The model's state dict with the key names of the pre-split network (all convs under ``backbone.``)."""
+    n, moved = len(model.backbone), model._moved_layers
+    legacy = {}
+    for key, value in model.state_dict().items():
+        part, index, rest = key.split(".", 2)
+        if part == "head":
+            i = int(index)
+            key = f"backbone.{n + i}.{rest}" if i < moved else f"head.{i - moved}.{rest}"
+        legacy[key] = value
+    return legacy
+
+
+@pytest.mark.parametrize("base", [cfg(input_size=112, width_multiplier=0.125, head_hidden=32, batch_norm=True),
+                                  cfg(FAST, input_size=112, width_multiplier=0.125, head="conv")])
+def test_weights_saved_before_the_backbone_head_split_still_load(base):
+    torch.manual_seed(0)
+    source = build_model(base).eval()
+    legacy = _legacy_state_dict(source)
+    assert any(k.startswith(f"backbone.{len(source.backbone)}.") for k in legacy)  # really the old layout
+    assert source.upgrade_state_dict(legacy).keys() == source.state_dict().keys()
+    torch.manual_seed(1)
+    target = build_model(base).eval()
+    target.load_state_dict(legacy)  # strict: every key renamed, none left over
+    x = torch.rand(2, 3, 112, 112)
+    with torch.no_grad():
+        torch.testing.assert_close(target(x), source(x))
+    assert list(source.upgrade_state_dict(source.state_dict())) == list(source.state_dict())  # current: unchanged
+
+
+def test_build_model_is_seeded():
+    c = cfg(input_size=112, width_multiplier=0.125, head_hidden=32)
+    torch.manual_seed(3)
+    a = build_model(c).state_dict()
+    torch.manual_seed(3)
+    b = build_model(c).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
