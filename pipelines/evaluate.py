@@ -4,7 +4,11 @@ Writes ``reports/metrics.json`` (DVC metrics: map_voc07 — the paper's headline
 by both methods, images/s), ``reports/pr/<class>.csv`` (DVC plots), ``reports/pr_curves.png`` and
 ``reports/predictions.png`` (test images with predicted boxes in colour and ground truth in white), and logs all
 of them to the training run in MLflow. Difficult objects are excluded, as in the devkit; IoU is computed on
-continuous pixels, which equals the devkit's +1 convention on VOC's integer boxes.
+continuous pixels, which equals the devkit's +1 convention on VOC's integer boxes. A detection matches at
+IoU >= eval.match_iou_threshold under the official devkit's rule (``eval.match_comparison: ">="``; ">" is the
+Python ports' rule). metrics.json names the rule (``match_comparison``, ``match_iou_threshold``) and the test data
+(``test_split_hash``, a hash of the test split alone), and both are tags on the MLflow run, so every reported number
+says how it was produced and the registry compares like with like.
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ from pathlib import Path
 import torch
 
 from pipelines.params import load_params
-from pipelines.tracking import TrackingUnavailable, configure, write_json
+from pipelines.tracking import (
+    TrackingUnavailable,
+    configure,
+    hash_test_split,
+    log_params_artifact,
+    write_json,
+)
 from yolov1.config import Params
 
 log = logging.getLogger("yolov1.evaluate")
@@ -30,7 +40,10 @@ WEIGHTS = Path("models/yolov1.pt")
 META = Path("models/yolov1.json")
 
 
-def run(params: Params, *, weights: Path = WEIGHTS, reports: Path = REPORTS, track: bool = True) -> dict:
+def score(params: Params, weights: Path):
+    """Evaluate `weights` on the test split of ``<data.root>/prepared`` with ``params.eval``.
+
+    Returns (Evaluation, metrics dict as in metrics.json, class names, test images table)."""
     from yolov1.checkpoint import load_weights
     from yolov1.data import VOCDetection, load_split
     from yolov1.evaluate import evaluate
@@ -45,6 +58,14 @@ def run(params: Params, *, weights: Path = WEIGHTS, reports: Path = REPORTS, tra
     result = evaluate(model, dataset, model_cfg=model_cfg, eval_cfg=params.eval, device=device, num_workers=workers)
     metrics = result.summary(classes)
     metrics["device"] = device
+    metrics["match_comparison"] = result.voc07.match_comparison  # the rule that produced these numbers
+    metrics["match_iou_threshold"] = result.voc07.iou_threshold
+    metrics["test_split_hash"] = hash_test_split(root / "prepared")
+    return result, metrics, classes, images
+
+
+def run(params: Params, *, weights: Path = WEIGHTS, reports: Path = REPORTS, track: bool = True) -> dict:
+    result, metrics, classes, images = score(params, weights)
     write_json(reports / "metrics.json", metrics)
     _write_pr_data(result, classes, reports / "pr")
     _write_pictures(result, classes, images, params, reports)
@@ -101,11 +122,13 @@ def _log_to_run(params: Params, metrics: dict, reports: Path, run_id: str) -> No
         for name, ap in metrics["ap_voc07"].items():
             flat[f"test/ap_voc07/{name}"] = ap
         mlflow.log_metrics({k: v for k, v in flat.items() if v is not None})
+        mlflow.set_tags({"test_split_hash": metrics["test_split_hash"],
+                         "eval.match_comparison": metrics["match_comparison"],
+                         "eval.match_iou_threshold": str(metrics["match_iou_threshold"])})
         for name in ("metrics.json", "pr_curves.png", "predictions.png"):
             if (reports / name).is_file():
                 mlflow.log_artifact(str(reports / name), artifact_path="evaluation")
-        if Path("params.yaml").is_file():
-            mlflow.log_artifact("params.yaml")
+        log_params_artifact(params, "evaluation")  # the params this stage used (--params), redacted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,4 +149,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipelines.cli import run_main  # Ctrl-C: a short message and exit 130, not a traceback
+
+    raise SystemExit(run_main(main, prog="yolov1 evaluate"))

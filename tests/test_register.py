@@ -1,4 +1,5 @@
-"""The register stage: the promotion rule, end to end on a sqlite registry, racing registrations, no server."""
+"""The register stage: the promotion rule and its floor, like-with-like champion figures, idempotence, end to end
+on a sqlite registry, racing registrations, concurrent write_json, no server."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from pathlib import Path
 import pytest
 
 from pipelines.register import decide, run
-from pipelines.tracking import TrackingUnavailable, check_reachable, configure
+from pipelines.tracking import TrackingUnavailable, check_reachable, configure, write_json
 from yolov1.config import Params, params_from_dict
 
+TEST_HASH = "a" * 64  # the test split every model here was scored on, unless a test says otherwise
 LINEAGE = {"git_commit": "0123abc", "dvc_data_hash": "d41d8cd98f00b204e9800998ecf8427e.dir",
            "prefect_flow_run_id": "5f0c6a1e-0000-4000-8000-000000000001"}
 
@@ -55,12 +57,26 @@ def test_decide_keeps_the_champion_on_a_smaller_gain_or_a_loss():
     assert decide(0.6, 0.6, 0.0)[0]
 
 
+def test_decide_floor_blocks_a_model_below_min_map_even_without_a_champion():
+    # No champion, mAP 0.0 < floor 0.2: not promoted (a 0.0 model is not champion "because there is none").
+    promoted, reason = decide(0.0, None, 0.005, min_map=0.2)
+    assert not promoted and reason == "mAP 0.0000 is below the floor register.min_map 0.2: never promoted"
+    # Below the floor, even a large gain over a weak champion does not promote: 0.19 - 0.05 = +0.14.
+    assert not decide(0.19, 0.05, 0.005, min_map=0.2)[0]
+    # At the floor (0.2 >= 0.2) the usual rules apply; 0.2000004 rounds to the tags' 0.200000 and passes too.
+    assert decide(0.2, None, 0.005, min_map=0.2) == (True, "no champion yet: the first model at or above the floor "
+                                                           "becomes champion")
+    assert decide(0.1999996, None, 0.005, min_map=0.2)[0]
+    assert not decide(0.199999, None, 0.005, min_map=0.2)[0]
+
+
 # --- helpers: a sqlite registry in tmp_path with tiny pyfunc models ------------------------------------------
 
 
-def _make_params(raw: dict, min_improvement: float = 0.005) -> Params:
+def _make_params(raw: dict, min_improvement: float = 0.005, min_map: float = 0.2) -> Params:
     raw = copy.deepcopy(raw)
     raw["register"]["min_improvement"] = min_improvement
+    raw["register"]["min_map"] = min_map
     return params_from_dict(raw)
 
 
@@ -74,6 +90,8 @@ def template_db(tmp_path_factory) -> Path:
     return path
 
 
+# Clients below name the registry explicitly: configure() sets a process-global registry URI that would otherwise
+# point a new MlflowClient(store) at the previous test's database.
 @pytest.fixture
 def store(tmp_path, monkeypatch, template_db) -> str:
     """MLFLOW_TRACKING_URI on a fresh sqlite registry in tmp_path, which is also the cwd."""
@@ -99,11 +117,13 @@ def _log_model(params: Params, run_tags: dict[str, str]) -> dict[str, str]:
     return {"mlflow_run_id": active.info.run_id, "model_uri": info.model_uri}
 
 
-def _inputs(folder: Path, meta: dict, map_voc07: float) -> tuple[Path, Path]:
+def _inputs(folder: Path, meta: dict, map_voc07: float, test_hash: str = TEST_HASH,
+            rule: str = ">=") -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     meta_path, metrics_path = folder / "yolov1.json", folder / "metrics.json"
     meta_path.write_text(json.dumps(meta))
-    metrics_path.write_text(json.dumps({"map_voc07": map_voc07, "map_area": map_voc07 / 2}))
+    metrics_path.write_text(json.dumps({"map_voc07": map_voc07, "map_area": map_voc07 / 2, "test_split_hash": test_hash,
+                                        "match_comparison": rule, "match_iou_threshold": 0.5}))
     return meta_path, metrics_path
 
 
@@ -111,9 +131,19 @@ def _aliases(client, name: str) -> dict[str, str]:
     return {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}
 
 
-def _register(params: Params, folder: Path, meta: dict, map_voc07: float) -> dict:
-    meta_path, metrics_path = _inputs(folder, meta, map_voc07)
-    return run(params, meta_path=meta_path, metrics_path=metrics_path, out_path=folder / "registration.json")
+def _no_rescoring(mv) -> float:
+    raise AssertionError(f"champion v{mv.version} was scored like the new model: it must not be re-evaluated")
+
+
+def _register(params: Params, folder: Path, meta: dict, map_voc07: float, *, test_hash: str = TEST_HASH,
+              scorer=_no_rescoring) -> dict:
+    meta_path, metrics_path = _inputs(folder, meta, map_voc07, test_hash)
+    return run(params, meta_path=meta_path, metrics_path=metrics_path, out_path=folder / "registration.json",
+               scorer=scorer)
+
+
+def _previous(summary: dict) -> tuple:
+    return summary["previous_champion"]["version"], summary["previous_champion"]["map_voc07"]
 
 
 # --- end to end ------------------------------------------------------------------------------------------------
@@ -124,14 +154,15 @@ def test_run_promotes_only_a_clear_improvement(store, tmp_path, repo_params_dict
 
     params = _make_params(repo_params_dict)
     name = params.register.model_name
-    client = MlflowClient(store)
+    client = MlflowClient(store, registry_uri=store)
 
     first = _register(params, tmp_path / "m1", _log_model(params, LINEAGE), 0.6)
     assert (first["version"], first["alias"], first["promoted"]) == ("1", "champion", True)
-    assert first["previous_champion"] == {"version": None, "map_voc07": None}
+    assert _previous(first) == (None, None) and first["already_registered"] is False
     assert json.loads((tmp_path / "m1" / "registration.json").read_text()) == first
     tags = client.get_model_version(name, "1").tags
     assert tags["map_voc07"] == "0.600000" and tags["map_area"] == "0.300000"
+    assert (tags["test_split_hash"], tags["match_comparison"], tags["match_iou_threshold"]) == (TEST_HASH, ">=", "0.5")
     for key, value in LINEAGE.items():
         assert tags[key] == value
     assert tags["promotion"] == first["reason"]
@@ -140,18 +171,163 @@ def test_run_promotes_only_a_clear_improvement(store, tmp_path, repo_params_dict
     second = _register(params, tmp_path / "m2", _log_model(params, {}), 0.58)
     assert (second["version"], second["alias"], second["promoted"]) == ("2", "challenger", False)
     assert "gain -0.0200 < 0.005" in second["reason"]
-    assert second["previous_champion"] == {"version": "1", "map_voc07": 0.6}
+    assert _previous(second) == ("1", 0.6) and second["previous_champion"]["reevaluated"] is False
     assert not set(LINEAGE) & set(client.get_model_version(name, "2").tags)
     assert _aliases(client, name) == {"champion": "1", "challenger": "2"}
 
     # 0.70 - 0.60 = +0.10 >= 0.005: v3 takes champion from v1; v2 keeps challenger.
     third = _register(params, tmp_path / "m3", _log_model(params, LINEAGE), 0.7)
     assert (third["version"], third["alias"], third["promoted"]) == ("3", "champion", True)
-    assert third["previous_champion"] == {"version": "1", "map_voc07": 0.6}
+    assert _previous(third) == ("1", 0.6)
     assert third["model_uri"] == f"models:/{name}/3"
     assert _aliases(client, name) == {"champion": "3", "challenger": "2"}
     registration = json.loads((tmp_path / "m3" / "registration.json").read_text())
     assert {registration[k] for k in ("version", "alias", "reason")} == {"3", "champion", third["reason"]}
+
+
+def test_floor_keeps_a_weak_first_model_from_becoming_champion(store, tmp_path, repo_params_dict):
+    from mlflow.tracking import MlflowClient
+
+    params = _make_params(repo_params_dict, min_map=0.2)
+    name = params.register.model_name
+    client = MlflowClient(store, registry_uri=store)
+    # 0.0 < 0.2: registered (v1, challenger) but no champion exists afterwards.
+    weak = _register(params, tmp_path / "w", _log_model(params, LINEAGE), 0.0)
+    assert (weak["version"], weak["alias"], weak["promoted"]) == ("1", "challenger", False)
+    assert "below the floor register.min_map 0.2" in weak["reason"]
+    assert _aliases(client, name) == {"challenger": "1"}
+    # 0.35 >= 0.2 and there is still no champion: champion.
+    good = _register(params, tmp_path / "g", _log_model(params, LINEAGE), 0.35)
+    assert (good["version"], good["alias"], good["promoted"]) == ("2", "champion", True)
+    assert _aliases(client, name) == {"challenger": "1", "champion": "2"}
+
+
+def test_champion_scored_on_other_test_data_is_scored_again_before_deciding(store, tmp_path, repo_params_dict):
+    from mlflow.tracking import MlflowClient
+
+    params = _make_params(repo_params_dict)
+    name = params.register.model_name
+    client = MlflowClient(store, registry_uri=store)
+    old_hash, new_hash = "1" * 64, "2" * 64
+    _register(params, tmp_path / "v1", _log_model(params, LINEAGE), 0.6, test_hash=old_hash)
+
+    # v2 scored 0.5 on the new test split; v1's recorded 0.6 was on the old one. On the new split v1 scores 0.45:
+    # 0.50 - 0.45 = +0.05 >= 0.005, so v2 is champion although 0.5 < 0.6.
+    calls = []
+
+    def rescore(mv) -> float:
+        calls.append(str(mv.version))
+        return 0.45
+
+    second = _register(params, tmp_path / "v2", _log_model(params, LINEAGE), 0.5, test_hash=new_hash, scorer=rescore)
+    assert calls == ["1"]  # once, for the champion
+    assert (second["version"], second["alias"], second["promoted"]) == ("2", "champion", True)
+    assert "beats the champion's 0.4500 by +0.0500" in second["reason"]
+    assert second["previous_champion"] == {"version": "1", "map_voc07": 0.6, "test_split_hash": old_hash,
+                                           "map_voc07_current_test": 0.45, "reevaluated": True}
+    assert json.loads((tmp_path / "v2" / "registration.json").read_text()) == second
+    tags = client.get_model_version(name, "2").tags
+    assert (tags["champion_compared"], tags["champion_map_voc07_recorded"], tags["champion_map_voc07_current_test"]) \
+        == ("1", "0.600000", "0.450000")
+    assert tags["test_split_hash"] == new_hash
+
+    # v3 on the same split as the champion v2: compared with v2's recorded 0.5, nothing is re-evaluated.
+    third = _register(params, tmp_path / "v3", _log_model(params, LINEAGE), 0.52, test_hash=new_hash)
+    assert (third["alias"], third["previous_champion"]["reevaluated"]) == ("champion", False)
+    assert _previous(third) == ("2", 0.5)
+
+
+def test_champion_scored_under_another_match_rule_is_scored_again(store, tmp_path, repo_params_dict):
+    params = _make_params(repo_params_dict)
+    meta_path, metrics_path = _inputs(tmp_path / "v1", _log_model(params, LINEAGE), 0.6, rule=">")
+    strict = _make_params({**repo_params_dict, "eval": {**repo_params_dict["eval"], "match_comparison": ">"}})
+    run(strict, meta_path=meta_path, metrics_path=metrics_path, out_path=tmp_path / "v1" / "r.json",
+        scorer=_no_rescoring)
+    second = _register(params, tmp_path / "v2", _log_model(params, LINEAGE), 0.6, scorer=lambda mv: 0.61)
+    assert second["previous_champion"]["reevaluated"] is True and second["alias"] == "challenger"  # -0.01
+
+
+def test_metrics_scored_under_another_rule_than_params_are_refused(store, tmp_path, repo_params_dict):
+    params = _make_params(repo_params_dict)  # eval.match_comparison ">="
+    meta_path, metrics_path = _inputs(tmp_path / "m", {"mlflow_run_id": "r", "model_uri": "models:/m-1"}, 0.6, rule=">")
+    with pytest.raises(ValueError, match=r"match_comparison '>' differs from params eval.match_comparison '>='"):
+        run(params, meta_path=meta_path, metrics_path=metrics_path, out_path=tmp_path / "r.json")
+    metrics_path.write_text(json.dumps({"map_voc07": 0.5}))
+    with pytest.raises(ValueError, match="metrics.json: missing key.*test_split_hash"):
+        run(params, meta_path=meta_path, metrics_path=metrics_path, out_path=tmp_path / "r.json")
+    metrics_path.write_text(json.dumps({"map_voc07": "0.5", "test_split_hash": TEST_HASH, "match_comparison": ">=",
+                                        "match_iou_threshold": 0.5}))
+    with pytest.raises(ValueError, match="map_voc07 is 0.5 .*not a number"):
+        run(params, meta_path=meta_path, metrics_path=metrics_path, out_path=tmp_path / "r.json")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_registering_the_same_run_again_adds_no_version(store, tmp_path, repo_params_dict):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    params = _make_params(repo_params_dict)
+    name = params.register.model_name
+    client = MlflowClient(store, registry_uri=store)
+    meta = _log_model(params, LINEAGE)
+    first = _register(params, tmp_path / "a", meta, 0.6)
+    again = _register(params, tmp_path / "b", meta, 0.6)
+    assert again == {**first, "already_registered": True}
+    assert json.loads((tmp_path / "b" / "registration.json").read_text()) == again
+    assert [str(mv.version) for mv in client.search_model_versions(f"name='{name}'")] == ["1"]
+    assert _aliases(client, name) == {"champion": "1"}
+
+    # A registration that died after creating its version but before deciding: the re-run decides for that
+    # version instead of creating another one.
+    other = _log_model(params, LINEAGE)
+    mlflow.register_model(other["model_uri"], name, tags={"mlflow_run_id": other["mlflow_run_id"]})
+    finished = _register(params, tmp_path / "c", other, 0.7)
+    assert (finished["version"], finished["alias"], finished["already_registered"]) == ("2", "champion", False)
+    assert sorted(str(mv.version) for mv in client.search_model_versions(f"name='{name}'")) == ["1", "2"]
+
+
+# --- write_json under concurrency --------------------------------------------------------------------------------
+
+
+def _json_writer(path: str, writer: int, count: int) -> None:
+    for i in range(count):
+        write_json(Path(path), {"writer": writer, "i": i, "pad": "x" * (i % 7) * 500})
+
+
+def test_write_json_concurrent_writers_and_readers_never_see_a_torn_file(tmp_path):
+    # 4 processes x 300 writes of one file, read back continuously meanwhile. The old fixed temp name made writers
+    # delete each other's temp file (FileNotFoundError) and readers see half-written JSON.
+    target = tmp_path / "reports" / "registration.json"
+    write_json(target, {"writer": -1, "i": -1, "pad": ""})
+    ctx = multiprocessing.get_context("fork")
+    writers = [ctx.Process(target=_json_writer, args=(str(target), w, 300)) for w in range(4)]
+    for p in writers:
+        p.start()
+    reads = 0
+    while any(p.is_alive() for p in writers) or reads == 0:
+        payload = json.loads(target.read_text())  # raises on a torn or empty file
+        assert set(payload) == {"writer", "i", "pad"}
+        reads += 1
+    for p in writers:
+        p.join(timeout=60)
+    assert [p.exitcode for p in writers] == [0, 0, 0, 0]
+    assert json.loads(target.read_text())["i"] == 299
+    assert reads > 10
+    assert [p.name for p in target.parent.iterdir()] == ["registration.json"]  # no temp file left behind
+
+
+def test_write_json_respects_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"a": 1})
+        os.umask(0o077)
+        write_json(tmp_path / "b.json", {"b": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644  # readable by others, like any normal file
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
 
 
 # --- racing registrations ----------------------------------------------------------------------------------------
@@ -164,7 +340,7 @@ def _race_worker(params: Params, folder: Path, barrier) -> None:
     check_reachable(tracking_uri(params.tracking))
     barrier.wait(timeout=120)
     run(params, meta_path=folder / "yolov1.json", metrics_path=folder / "metrics.json",
-        out_path=folder / "registration.json")
+        out_path=folder / "registration.json", scorer=_no_rescoring)
 
 
 def test_racing_registrations_keep_every_version_and_one_rightful_champion(store, tmp_path, repo_params_dict):
@@ -187,7 +363,7 @@ def test_racing_registrations_keep_every_version_and_one_rightful_champion(store
         p.join(timeout=180)
     assert [p.exitcode for p in racers] == [0] * len(racers), "a registration failed (its traceback is above)"
 
-    client = MlflowClient(store)
+    client = MlflowClient(store, registry_uri=store)
     versions = {str(mv.version): float(mv.tags["map_voc07"]) for mv in client.search_model_versions(f"name='{name}'")}
     assert sorted(versions, key=int) == ["1", "2", "3", "4"]  # no version lost
     assert sorted(versions.values()) == sorted(maps)
@@ -199,16 +375,17 @@ def test_racing_registrations_keep_every_version_and_one_rightful_champion(store
     summaries = sorted((json.loads((f / "registration.json").read_text()) for f in folders),
                        key=lambda s: int(s["version"]))
     assert [s["version"] for s in summaries] == ["1", "2", "3", "4"]
-    champion = {"version": None, "map_voc07": None}
+    champion = (None, None)
     final = {}
     for s in summaries:
         assert versions[s["version"]] == s["map_voc07"]
-        promoted, reason = decide(s["map_voc07"], champion["map_voc07"], params.register.min_improvement)
-        assert (s["promoted"], s["reason"], s["previous_champion"]) == (promoted, reason, champion)
+        promoted, reason = decide(s["map_voc07"], champion[1], params.register.min_improvement,
+                                  params.register.min_map)
+        assert (s["promoted"], s["reason"], _previous(s)) == (promoted, reason, champion)
         assert s["alias"] == ("champion" if promoted else "challenger")
         final[s["alias"]] = s["version"]
         if promoted:
-            champion = {"version": s["version"], "map_voc07": s["map_voc07"]}
+            champion = (s["version"], s["map_voc07"])
     assert aliases == final
 
 
