@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
+import stat
 import tarfile
 from pathlib import Path
 
@@ -11,7 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from yolov1.synth import CLASS_STYLES, DEMO_CLASSES, generate_voc, generate_voc_tarball, make_tarball
+from yolov1.synth import (
+    CLASS_STYLES,
+    DEMO_CLASSES,
+    generate_voc,
+    generate_voc_tarball,
+    make_tarball,
+    write_voc_standins,
+)
 from yolov1.voc import VOC_CLASSES, parse_annotation, read_image_set
 
 SPEC = dict(
@@ -181,3 +190,103 @@ def test_generate_voc_tarball_is_reproducible(tmp_path: Path):
     again = generate_voc_tarball(tmp_path / "two.tar", **spec)
     assert path == tmp_path / "one" / "voc.tar" and size == path.stat().st_size > 0
     assert again[1:] == (md5, size)
+
+
+def test_workers_and_folder_route_give_the_same_bytes_and_progress_counts_every_image(tmp_path: Path):
+    spec = {**SPEC, "num_trainval": 9, "num_test": 3}
+    seen: list[tuple[int, int]] = []
+    _, md5_one, _ = generate_voc_tarball(tmp_path / "one.tar", **spec)
+    _, md5_two, _ = generate_voc_tarball(tmp_path / "two.tar", workers=2, progress=lambda d, t: seen.append((d, t)),
+                                         **spec)
+    generate_voc(tmp_path / "folder", **spec)
+    assert md5_one == md5_two == make_tarball(tmp_path / "folder", tmp_path / "packed.tar")
+    assert seen == [(d, 12) for d in range(1, 13)]  # once per image, in order, in this process
+
+
+def test_tarball_mode_follows_the_umask(tmp_path: Path):
+    old = os.umask(0o027)
+    try:
+        path, _, _ = generate_voc_tarball(tmp_path / "voc.tar", **{**SPEC, "num_trainval": 1, "num_test": 0})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640  # 0666 & ~0027, not mkstemp's 0600
+
+
+@pytest.fixture(scope="module")
+def standins(tmp_path_factory: pytest.TempPathFactory):
+    return write_voc_standins(tmp_path_factory.mktemp("standins"), num_2007_trainval=7, num_2007_test=5,
+                              num_2012_trainval=4)
+
+
+def _tar_names(path: Path) -> list[str]:
+    with tarfile.open(path) as tar:
+        assert all(m.isfile() or m.isdir() for m in tar.getmembers())
+        return tar.getnames()
+
+
+def test_standins_have_the_official_names_and_2007_ids_interleave(standins):
+    tv07, te07, tv12 = standins
+    assert [(s.name, s.filename, s.year, s.image_set) for s in standins] == [
+        ("voc2007-trainval", "VOCtrainval_06-Nov-2007.tar", 2007, "trainval"),
+        ("voc2007-test", "VOCtest_06-Nov-2007.tar", 2007, "test"),
+        ("voc2012-trainval", "VOCtrainval_11-May-2012.tar", 2012, "trainval"),
+    ]
+    # 12 ids in one range; position k (0-based) is test when (k + 1) * 5 // 12 > k * 5 // 12: k = 2, 4, 7, 9, 11.
+    assert sorted(tv07.ids + te07.ids) == [f"{n:06d}" for n in range(1, 13)] and not set(tv07.ids) & set(te07.ids)
+    assert te07.ids == ("000003", "000005", "000008", "000010", "000012")
+    assert tv12.ids == ("2008_000008", "2009_000010", "2010_000012", "2011_000014")
+    assert all(s.difficult_objects > 0 for s in standins)  # the rehearsal checks difficult objects are dropped
+    for s in standins:
+        assert s.md5 == hashlib.md5(s.path.read_bytes()).hexdigest() and s.size == s.path.stat().st_size
+
+
+def test_standin_archives_carry_only_their_own_lists(standins):
+    tv07, te07, tv12 = standins
+    main07, main12 = "VOCdevkit/VOC2007/ImageSets/Main/", "VOCdevkit/VOC2012/ImageSets/Main/"
+    lists = {s.filename: sorted(n.removeprefix(main07).removeprefix(main12) for n in _tar_names(s.path)
+                                if n.startswith((main07, main12)) and n.endswith(".txt")) for s in standins}
+    assert lists[te07.filename] == sorted(["test.txt"] + [f"{c}_test.txt" for c in VOC_CLASSES])
+    expected_tv = sorted(f"{p}{s}.txt" for s in ("train", "val", "trainval") for p in ("", *(c + "_" for c in VOC_CLASSES)))
+    assert lists[tv07.filename] == lists[tv12.filename] == expected_tv
+    names = _tar_names(te07.path)
+    assert names[0] == "VOCdevkit" and all(n == "VOCdevkit" or n.startswith("VOCdevkit/VOC2007") for n in names)
+    assert {n for n in names if n.endswith(".jpg")} == {f"VOCdevkit/VOC2007/JPEGImages/{i}.jpg" for i in te07.ids}
+
+
+def test_standins_extract_into_the_merged_official_devkit(tmp_path: Path, standins):
+    for s in standins:  # in the order the README gives: 2007 trainval, 2007 test, 2012 trainval
+        with tarfile.open(s.path) as tar:
+            tar.extractall(tmp_path, filter="data")
+    devkit = tmp_path / "VOCdevkit"
+    assert sorted(p.name for p in devkit.iterdir()) == ["VOC2007", "VOC2012"]
+    tv07, te07, tv12 = standins
+    assert read_image_set(devkit, 2007, "trainval") == list(tv07.ids)
+    assert read_image_set(devkit, 2007, "test") == list(te07.ids)
+    assert read_image_set(devkit, 2012, "trainval") == list(tv12.ids)
+    assert read_image_set(devkit, 2007, "train") + read_image_set(devkit, 2007, "val") != []
+    # The per-class flags agree with the XML: 1 some non-difficult object, 0 only difficult ones, -1 none.
+    for year, image_set in ((2007, "trainval"), (2007, "test"), (2012, "trainval")):
+        main = devkit / f"VOC{year}" / "ImageSets" / "Main"
+        for cls in VOC_CLASSES:
+            for line in (main / f"{cls}_{image_set}.txt").read_text().splitlines():
+                image_id, flag = line.split()
+                ann = parse_annotation(devkit / f"VOC{year}" / "Annotations" / f"{image_id}.xml",
+                                       classes=VOC_CLASSES, on_bad_object="error")
+                mine = [o for o in ann.objects if o.class_name == cls]
+                want = 1 if any(not o.difficult for o in mine) else 0 if mine else -1
+                assert int(flag) == want, (year, image_set, cls, image_id)
+    used = set()
+    for year in (2007, 2012):
+        for xml in (devkit / f"VOC{year}" / "Annotations").iterdir():
+            ann = parse_annotation(xml, classes=VOC_CLASSES, on_bad_object="error")
+            used |= {o.class_name for o in ann.objects}
+            assert Image.open(devkit / f"VOC{year}" / "JPEGImages" / f"{xml.stem}.jpg").size == (ann.width, ann.height)
+    assert used <= set(VOC_CLASSES) and len(used) >= 10
+
+
+def test_standins_are_reproducible_and_reject_empty_archives(tmp_path: Path, standins):
+    again = write_voc_standins(tmp_path, num_2007_trainval=7, num_2007_test=5, num_2012_trainval=4, workers=2)
+    assert [s.md5 for s in again] == [s.md5 for s in standins]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(s.filename for s in standins)  # no temp files
+    with pytest.raises(ValueError, match="at least one image"):
+        write_voc_standins(tmp_path / "x", num_2007_test=0)

@@ -1,27 +1,9 @@
 """A deterministic generator of small, learnable datasets in exactly PASCAL VOC's on-disk format.
 
-Images are coloured shapes (one shape and colour per class) on textured backgrounds, with VOC XML annotations,
-ImageSets lists and a tarball laid out like the official archive, so the demo and the tests run the real pipeline.
-The same arguments give byte-identical files.
-
-Class styles (every VOC class has one; the demo uses `DEMO_CLASSES`, whose shapes and colours are all distinct).
-``aspect`` is the box width / height the class is drawn at:
-
-class       shape     colour (RGB)       aspect   class       shape     colour (RGB)       aspect
------------ --------- ------------------ ------   ----------- --------- ------------------ ------
-aeroplane   cross     white 240,240,240  1        diningtable rectangle orange 245,130,20  2
-bicycle     ring      orange 245,130,20  1        dog         circle    red 220,30,30      1
-bird        triangle  yellow 240,220,30  1        horse       hexagon   brown 140,80,30    1
-boat        diamond   cyan 30,200,220    1.5      motorbike   ring      cyan 30,200,220    1
-bottle      rectangle green 30,170,60    0.45     person      rectangle pink 250,150,180   0.4
-bus         rectangle purple 130,50,180  2        pottedplant triangle  green 30,170,60    1
-car         square    blue 30,70,220     1        sheep       circle    white 240,240,240  1
-cat         star      magenta 220,40,200 1        sofa        diamond   pink 250,150,180   1.6
-chair       hexagon   red 220,30,30      1        train       cross     blue 30,70,220     1
-cow         circle    black 25,25,25     1        tvmonitor   square    black 25,25,25     1
-
-Backgrounds (fixed, part of the dataset's definition): a linear gradient between two muted colours in a random
-direction, low-frequency colour noise, 2-5 muted elliptical blobs, and +-16 per-pixel noise over the whole image.
+Images are coloured shapes on textured backgrounds (how they are drawn: `yolov1.synth_draw`) with VOC XML
+annotations and ImageSets lists, written as a devkit folder (`generate_voc`), one tarball laid out like an official
+archive (`generate_voc_tarball`), or stand-ins for the three official archives (`write_voc_standins`), so the
+demo and the tests run the real pipeline. The same arguments give byte-identical files, whatever ``workers``.
 """
 
 from __future__ import annotations
@@ -29,121 +11,44 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import secrets
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image, ImageChops, ImageDraw
+from yolov1.synth_draw import CLASS_STYLES, DEMO_CLASSES, ClassStyle, DrawnObject, DrawSpec, render_sample
+from yolov1.voc import VOC_CLASSES
 
-__all__ = ["CLASS_STYLES", "DEMO_CLASSES", "ClassStyle", "generate_voc", "make_tarball", "generate_voc_tarball"]
+__all__ = [
+    "CLASS_STYLES", "DEMO_CLASSES", "ClassStyle", "Progress", "StandIn", "generate_voc", "make_tarball",
+    "generate_voc_tarball", "write_voc_standins",
+]
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class ClassStyle:
-    """How a class is drawn: a shape filling its box, a base colour, and the box's width / height."""
-
-    shape: str
-    colour: tuple[int, int, int]
-    aspect: float  # box width / height
-
-
-_WHITE, _ORANGE, _YELLOW, _CYAN = (240, 240, 240), (245, 130, 20), (240, 220, 30), (30, 200, 220)
-_GREEN, _PURPLE, _BLUE, _MAGENTA = (30, 170, 60), (130, 50, 180), (30, 70, 220), (220, 40, 200)
-_RED, _BLACK, _BROWN, _PINK = (220, 30, 30), (25, 25, 25), (140, 80, 30), (250, 150, 180)
-
-CLASS_STYLES: dict[str, ClassStyle] = {
-    "aeroplane": ClassStyle("cross", _WHITE, 1.0),
-    "bicycle": ClassStyle("ring", _ORANGE, 1.0),
-    "bird": ClassStyle("triangle", _YELLOW, 1.0),
-    "boat": ClassStyle("diamond", _CYAN, 1.5),
-    "bottle": ClassStyle("rectangle", _GREEN, 0.45),
-    "bus": ClassStyle("rectangle", _PURPLE, 2.0),
-    "car": ClassStyle("square", _BLUE, 1.0),
-    "cat": ClassStyle("star", _MAGENTA, 1.0),
-    "chair": ClassStyle("hexagon", _RED, 1.0),
-    "cow": ClassStyle("circle", _BLACK, 1.0),
-    "diningtable": ClassStyle("rectangle", _ORANGE, 2.0),
-    "dog": ClassStyle("circle", _RED, 1.0),
-    "horse": ClassStyle("hexagon", _BROWN, 1.0),
-    "motorbike": ClassStyle("ring", _CYAN, 1.0),
-    "person": ClassStyle("rectangle", _PINK, 0.4),
-    "pottedplant": ClassStyle("triangle", _GREEN, 1.0),
-    "sheep": ClassStyle("circle", _WHITE, 1.0),
-    "sofa": ClassStyle("diamond", _PINK, 1.6),
-    "train": ClassStyle("cross", _BLUE, 1.0),
-    "tvmonitor": ClassStyle("square", _BLACK, 1.0),
-}
-
-DEMO_CLASSES: tuple[str, ...] = ("aeroplane", "bicycle", "bird", "bottle", "car", "cat", "dog")
-
-# Polygons in the unit square, touching all four sides so the drawn shape fills its box.
-_STAR_RAW = np.array([
-    ((1.0 if k % 2 == 0 else 0.42) * np.sin(k * np.pi / 5), -(1.0 if k % 2 == 0 else 0.42) * np.cos(k * np.pi / 5))
-    for k in range(10)
-])  # (10, 2) five-pointed star around the origin, first point up
-_STAR = [tuple(p) for p in (_STAR_RAW - _STAR_RAW.min(0)) / np.ptp(_STAR_RAW, axis=0)]  # stretched to the unit square
-_POLYGONS = {
-    "triangle": [(0.5, 0.0), (1.0, 1.0), (0.0, 1.0)],
-    "diamond": [(0.5, 0.0), (1.0, 0.5), (0.5, 1.0), (0.0, 0.5)],
-    "hexagon": [(0.25, 0.0), (0.75, 0.0), (1.0, 0.5), (0.75, 1.0), (0.25, 1.0), (0.0, 0.5)],
-    "cross": [(0.33, 0), (0.67, 0), (0.67, 0.33), (1, 0.33), (1, 0.67), (0.67, 0.67), (0.67, 1), (0.33, 1),
-              (0.33, 0.67), (0, 0.67), (0, 0.33), (0.33, 0.33)],
-    "star": _STAR,
-}
-_PLACEMENT_TRIES = 20  # an object that finds no place within the overlap bound after this many draws is left out
-_MIN_SIDE = 3  # pixels: smaller shapes do not render recognisably
+Progress = Callable[[int, int], None]  # (images drawn so far, images in total), called in the calling process
+_SPOOL_BYTES = 256 << 20  # a tarball's contents stay in memory up to this size, then spill to one temp file
 
 
 @dataclass(frozen=True)
-class _Object:
-    class_name: str
-    box: tuple[int, int, int, int]  # tight box of the visible pixels, 0-based continuous xyxy
-    difficult: bool
-    truncated: bool
+class StandIn:
+    """One stand-in for an official VOC archive, as written by `write_voc_standins`."""
 
-
-@dataclass(frozen=True)
-class _Spec:
-    """The per-image drawing arguments of `generate_voc`, validated once."""
-
-    sizes: tuple[tuple[int, int], tuple[int, int]]  # (w_min, w_max), (h_min, h_max), inclusive
-    classes: tuple[str, ...]
-    max_objects: int
-    object_size: tuple[float, float]
-    difficult_size: tuple[float, float]
-    difficult_fraction: float
-    truncated_fraction: float
-    max_overhang: float
-    max_iou: float
-    colour_jitter: int
-
-    def __post_init__(self) -> None:
-        (w_lo, w_hi), (h_lo, h_hi) = self.sizes
-        if not 16 <= w_lo <= w_hi or not 16 <= h_lo <= h_hi:
-            raise ValueError(f"image_size must give sides >= 16 pixels with min <= max, got {self.sizes}")
-        unknown = [c for c in self.classes if c not in CLASS_STYLES]
-        if not self.classes or unknown or len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"classes must be distinct VOC class names; got {list(self.classes)} (unknown: {unknown})")
-        if self.max_objects < 1:
-            raise ValueError(f"max_objects must be >= 1, got {self.max_objects}")
-        for label in ("object_size", "difficult_size"):
-            lo, hi = getattr(self, label)
-            if not 0 < lo <= hi <= 1:
-                raise ValueError(f"{label} must satisfy 0 < min <= max <= 1, got {(lo, hi)}")
-        for label in ("difficult_fraction", "truncated_fraction", "max_iou"):
-            if not 0 <= getattr(self, label) <= 1:
-                raise ValueError(f"{label} must lie in [0, 1], got {getattr(self, label)}")
-        if not 0 <= self.max_overhang < 1:
-            raise ValueError(f"max_overhang must lie in [0, 1), got {self.max_overhang}")
-        if not 0 <= self.colour_jitter <= 64:
-            raise ValueError(f"colour_jitter must lie in [0, 64], got {self.colour_jitter}")
+    name: str  # the data.archives entry name params.yaml uses for it, e.g. "voc2007-test"
+    filename: str  # the official file name, e.g. "VOCtest_06-Nov-2007.tar"
+    path: Path
+    md5: str
+    size: int  # bytes
+    year: int
+    image_set: str  # "trainval" or "test": the ImageSets/Main list the archive carries
+    ids: tuple[str, ...]  # image ids in that list, in file order
+    difficult_objects: int  # objects marked difficult in its annotations
 
 
 def generate_voc(
@@ -164,6 +69,8 @@ def generate_voc(
     colour_jitter: int,
     year: int = 2007,
     jpeg_quality: int = 90,
+    workers: int = 1,
+    progress: Progress | None = None,
 ) -> Path:
     """Write a VOC-format dataset under ``root/VOCdevkit/VOC{year}`` and return ``root/VOCdevkit``.
 
@@ -189,40 +96,28 @@ def generate_voc(
         colour_jitter: each object's colour is its class colour +- up to this much per channel.
         year: the VOC year in folder names and ids (presentation).
         jpeg_quality: pillow JPEG quality (presentation).
+        workers: processes drawing images (1: this process); the files do not depend on it.
+        progress: called as ``progress(done, total)`` after each image, in this process.
     """
-    if num_trainval < 0 or num_test < 0 or num_trainval + num_test == 0:
-        raise ValueError(f"need num_trainval, num_test >= 0 and some images, got {num_trainval}, {num_test}")
-    w, h = image_size
-    spec = _Spec(
-        ((w, w), (h, h)) if isinstance(w, int) and isinstance(h, int) else (tuple(w), tuple(h)),
-        tuple(classes), max_objects, tuple(object_size), tuple(difficult_size), difficult_fraction,
-        truncated_fraction, max_overhang, max_iou, colour_jitter,
-    )
+    spec = _draw_spec(image_size, classes, max_objects, object_size, difficult_size, difficult_fraction,
+                      truncated_fraction, max_overhang, max_iou, colour_jitter)
+    ids, splits = _plain_layout(num_trainval, num_test, year)
     root = Path(root)
     target = root / "VOCdevkit" / f"VOC{year}"
     if target.exists():
         raise FileExistsError(f"{target}: already exists; generate into an empty root")
-    ids = [f"{n:06d}" if year == 2007 else f"{year}_{n:06d}" for n in range(1, num_trainval + num_test + 1)]
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".synth-", dir=root))
     try:
         voc = staging / f"VOC{year}"
         for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
             (voc / sub).mkdir(parents=True)
-        for number, image_id in enumerate(ids, start=1):
-            rng = np.random.default_rng([seed, number])
-            (w_lo, w_hi), (h_lo, h_hi) = spec.sizes
-            width, height = int(rng.integers(w_lo, w_hi + 1)), int(rng.integers(h_lo, h_hi + 1))
-            image, objects = _render_image(rng, width, height, spec)
-            image.save(voc / "JPEGImages" / f"{image_id}.jpg", "JPEG", quality=jpeg_quality)
-            xml = _annotation_xml(year, image_id, width, height, objects)
+        samples = [(image_id, (seed, n)) for n, image_id in enumerate(ids, start=1)]
+        for image_id, jpeg, xml, _objects in _draw_all(samples, year, spec, jpeg_quality, workers, progress):
+            (voc / "JPEGImages" / f"{image_id}.jpg").write_bytes(jpeg)
             (voc / "Annotations" / f"{image_id}.xml").write_text(xml, encoding="utf-8")
-        trainval, test = ids[:num_trainval], ids[num_trainval:]
-        splits = {"train": trainval[0::2], "val": trainval[1::2], "trainval": trainval}
-        if test:
-            splits["test"] = test
         for split, split_ids in splits.items():
-            (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(i + "\n" for i in split_ids))
+            (voc / "ImageSets" / "Main" / f"{split}.txt").write_text(_id_list(split_ids))
         target.parent.mkdir(exist_ok=True)
         os.replace(voc, target)
     finally:
@@ -234,183 +129,298 @@ def generate_voc(
 def make_tarball(devkit_parent: Path, tar_path: Path) -> str:
     """Pack ``devkit_parent/VOCdevkit`` into a plain .tar with top-level ``VOCdevkit/``, like the official archive.
 
-    Deterministic: members sorted, mtime 0, uid/gid 0, empty user/group names, modes 0755/0644. Written to a temp
-    file beside ``tar_path`` and moved into place. Returns the archive's md5 hex digest.
+    Deterministic: members in `os.walk` order with sorted names, mtime 0, uid/gid 0, empty user/group names, modes
+    0755/0644. Written to a temp file beside ``tar_path`` (mode as the umask allows) and moved into place.
+    Returns the archive's md5 hex digest.
     """
     devkit = Path(devkit_parent) / "VOCdevkit"
     if not devkit.is_dir():
         raise FileNotFoundError(f"{devkit}: no VOCdevkit directory to pack")
-    tar_path = Path(tar_path)
-    tar_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{tar_path.name}.", dir=tar_path.parent)
+    files = {p.relative_to(devkit_parent).as_posix(): p for p in sorted(devkit.rglob("*")) if p.is_file()}
+    dirs = [p.relative_to(devkit_parent).as_posix() for p in devkit.rglob("*") if p.is_dir()]
+    return _write_tar(Path(tar_path), files, lambda source: source.read_bytes(), extra_dirs=dirs)
+
+
+def generate_voc_tarball(tar_path: Path, *, workers: int = 1, progress: Progress | None = None,
+                         **kwargs: Any) -> tuple[Path, str, int]:
+    """The tarball `make_tarball` would pack from `generate_voc(**kwargs)`, byte for byte: returns (path, md5, bytes).
+
+    Built without an intermediate folder (contents are held in memory, spilling to one temp file past 256 MiB).
+    `workers` and `progress` as in `generate_voc`.
+    """
+    draw_keys = ("image_size", "classes", "max_objects", "object_size", "difficult_size", "difficult_fraction",
+                 "truncated_fraction", "max_overhang", "max_iou", "colour_jitter")
+    missing = [k for k in (*draw_keys, "num_trainval", "num_test", "seed") if k not in kwargs]
+    unknown = sorted(set(kwargs) - {*draw_keys, "num_trainval", "num_test", "seed", "year", "jpeg_quality"})
+    if missing or unknown:
+        raise TypeError(f"generate_voc_tarball: missing arguments {missing}, unknown arguments {unknown}")
+    spec = _draw_spec(*(kwargs[k] for k in draw_keys))
+    year, seed = kwargs.get("year", 2007), kwargs["seed"]
+    ids, splits = _plain_layout(kwargs["num_trainval"], kwargs["num_test"], year)
+    samples = [(image_id, (seed, n)) for n, image_id in enumerate(ids, start=1)]
+    with _Spool() as spool:
+        voc = f"VOCdevkit/VOC{year}"
+        for image_id, jpeg, xml, _objects in _draw_all(samples, year, spec, kwargs.get("jpeg_quality", 90),
+                                                       workers, progress):
+            spool.add(f"{voc}/JPEGImages/{image_id}.jpg", jpeg)
+            spool.add(f"{voc}/Annotations/{image_id}.xml", xml.encode("utf-8"))
+        for split, split_ids in splits.items():
+            spool.add(f"{voc}/ImageSets/Main/{split}.txt", _id_list(split_ids).encode())
+        digest = _write_tar(Path(tar_path), spool.files, spool.read)
+    return Path(tar_path), digest, Path(tar_path).stat().st_size
+
+
+def write_voc_standins(
+    out_dir: Path,
+    *,
+    seed: int = 2007,
+    num_2007_trainval: int = 6,
+    num_2007_test: int = 6,
+    num_2012_trainval: int = 6,
+    image_size: tuple[tuple[int, int], tuple[int, int]] = ((96, 160), (80, 128)),
+    classes: Sequence[str] = VOC_CLASSES,
+    workers: int = 1,
+    progress: Progress | None = None,
+) -> tuple[StandIn, StandIn, StandIn]:
+    """Write small stand-ins for the three official archives into `out_dir`; returns them in this order:
+
+    ``VOCtrainval_06-Nov-2007.tar`` (name "voc2007-trainval"), ``VOCtest_06-Nov-2007.tar`` ("voc2007-test") and
+    ``VOCtrainval_11-May-2012.tar`` ("voc2012-trainval"), with the official layout: ``VOCdevkit/VOC<year>/``
+    ``{Annotations,JPEGImages,ImageSets/Main}``. As in the real archives, VOC2007's trainval and test ids are
+    disjoint and interleaved in one number range (``000001``...), the trainval archive carries only the
+    ``{train,val,trainval}.txt`` lists and the test archive only ``test.txt``, each with its per-class lists
+    (``<class>_<list>.txt``, lines ``"<id> <flag>"`` with flag 1 present, 0 only difficult, -1 absent), and VOC2012
+    ids look like ``2008_000008``. Untarring all three into one folder gives the merged official devkit (VOC2007
+    with trainval and test, and VOC2012). Objects use every name in `classes` (the 20 VOC classes by default);
+    with the default arguments each archive holds difficult objects. Same arguments, byte-identical archives.
+    Existing files of those names in `out_dir` are replaced (atomically). `workers`, `progress`: as in
+    `generate_voc`, with ``total`` the images of all three archives.
+    """
+    spec = _draw_spec(image_size, classes, 3, (0.25, 0.55), (0.08, 0.14), 0.2, 0.2, 0.3, 0.3, 12)
+    if min(num_2007_trainval, num_2007_test, num_2012_trainval) < 1:
+        raise ValueError("every stand-in archive needs at least one image, got "
+                         f"{num_2007_trainval}, {num_2007_test}, {num_2012_trainval}")
+    ids07 = [f"{n:06d}" for n in range(1, num_2007_trainval + num_2007_test + 1)]
+    test_at = _spread(num_2007_test, len(ids07))
+    test07 = [i for k, i in enumerate(ids07) if k in test_at]
+    trainval07 = [i for k, i in enumerate(ids07) if k not in test_at]
+    ids12 = [f"{2008 + 4 * k // num_2012_trainval}_{8 + 2 * k:06d}" for k in range(num_2012_trainval)]
+    samples07 = [(image_id, (seed, n)) for n, image_id in enumerate(ids07, start=1)]
+    samples12 = [(image_id, (seed, 2012, k)) for k, image_id in enumerate(ids12)]
+    total, done = len(samples07) + len(samples12), 0
+
+    def counted(d: int, _t: int) -> None:
+        if progress is not None:
+            progress(done + d, total)
+
+    out_dir = Path(out_dir)
+    standins = []
+    with _Spool() as spool:
+        objects07 = _spool_images(spool, samples07, 2007, spec, workers, counted)
+        done = len(samples07)
+        objects12 = _spool_images(spool, samples12, 2012, spec, workers, counted)
+        for name, filename, year, image_set, set_ids, objects in (
+            ("voc2007-trainval", "VOCtrainval_06-Nov-2007.tar", 2007, "trainval", trainval07, objects07),
+            ("voc2007-test", "VOCtest_06-Nov-2007.tar", 2007, "test", test07, objects07),
+            ("voc2012-trainval", "VOCtrainval_11-May-2012.tar", 2012, "trainval", ids12, objects12),
+        ):
+            lists = {"trainval": set_ids, "train": set_ids[0::2], "val": set_ids[1::2]} if image_set == "trainval" \
+                else {"test": set_ids}
+            files = _standin_files(spool, year, set_ids, lists, objects, tuple(classes))
+            digest = _write_tar(out_dir / filename, files, spool.read)
+            difficult = sum(o.difficult for i in set_ids for o in objects[i])
+            standins.append(StandIn(name, filename, out_dir / filename, digest, (out_dir / filename).stat().st_size,
+                                    year, image_set, tuple(set_ids), difficult))
+    logger.info("wrote VOC stand-ins %s into %s", ", ".join(s.filename for s in standins), out_dir)
+    return tuple(standins)  # type: ignore[return-value]
+
+
+def _draw_spec(image_size, classes, max_objects, object_size, difficult_size, difficult_fraction,
+               truncated_fraction, max_overhang, max_iou, colour_jitter) -> DrawSpec:
+    w, h = image_size
+    sizes = ((w, w), (h, h)) if isinstance(w, int) and isinstance(h, int) else (tuple(w), tuple(h))
+    return DrawSpec(sizes, tuple(classes), max_objects, tuple(object_size), tuple(difficult_size),
+                    difficult_fraction, truncated_fraction, max_overhang, max_iou, colour_jitter)
+
+
+def _plain_layout(num_trainval: int, num_test: int, year: int) -> tuple[list[str], dict[str, list[str]]]:
+    """Ids of `generate_voc` (trainval first, then test) and its ImageSets/Main lists."""
+    if num_trainval < 0 or num_test < 0 or num_trainval + num_test == 0:
+        raise ValueError(f"need num_trainval, num_test >= 0 and some images, got {num_trainval}, {num_test}")
+    ids = [f"{n:06d}" if year == 2007 else f"{year}_{n:06d}" for n in range(1, num_trainval + num_test + 1)]
+    trainval, test = ids[:num_trainval], ids[num_trainval:]
+    splits = {"train": trainval[0::2], "val": trainval[1::2], "trainval": trainval}
+    if test:
+        splits["test"] = test
+    return ids, splits
+
+
+def _spread(count: int, total: int) -> set[int]:
+    """`count` positions out of range(total), evenly interleaved (a Bresenham line): 3 of 6 -> {1, 3, 5}."""
+    return {k for k in range(total) if (k + 1) * count // total > k * count // total}
+
+
+def _draw_all(samples: Sequence[tuple[str, tuple[int, ...]]], year: int, spec: DrawSpec, jpeg_quality: int,
+              workers: int, progress: Progress | None) -> Iterator[tuple[str, bytes, str, tuple[DrawnObject, ...]]]:
+    """(id, JPEG bytes, XML, objects) for each (id, rng key) in `samples`, in order, drawn by `workers` processes."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    draw = partial(_draw_one, year=year, spec=spec, jpeg_quality=jpeg_quality)
+    total = len(samples)
+    if workers == 1 or total < 2 * workers:
+        results: Iterable = map(draw, samples)
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(max_workers=workers)
+        results = pool.map(draw, samples, chunksize=max(1, min(64, total // (workers * 8))))
     try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
-            for dirpath, dirnames, filenames in os.walk(devkit):
-                dirnames.sort()  # os.walk descends in this order
-                directory = Path(dirpath)
-                _add_member(tar, directory, directory.relative_to(devkit_parent).as_posix())
-                for filename in sorted(filenames):
-                    path = directory / filename
-                    _add_member(tar, path, path.relative_to(devkit_parent).as_posix())
-        digest = _md5(Path(tmp_name))
-        os.replace(tmp_name, tar_path)
+        for done, result in enumerate(results, start=1):
+            yield result
+            if progress is not None:
+                progress(done, total)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _draw_one(sample: tuple[str, tuple[int, ...]], *, year: int, spec: DrawSpec,
+              jpeg_quality: int) -> tuple[str, bytes, str, tuple[DrawnObject, ...]]:
+    image_id, key = sample
+    return (image_id, *render_sample(key, year, image_id, spec, jpeg_quality))
+
+
+def _spool_images(spool: _Spool, samples, year: int, spec: DrawSpec, workers: int,
+                  progress: Progress) -> dict[str, tuple[DrawnObject, ...]]:
+    """Draw `samples` into the spool under ``VOCdevkit/VOC{year}/``; returns each id's objects."""
+    objects = {}
+    for image_id, jpeg, xml, drawn in _draw_all(samples, year, spec, 90, workers, progress):
+        spool.add(f"VOCdevkit/VOC{year}/JPEGImages/{image_id}.jpg", jpeg)
+        spool.add(f"VOCdevkit/VOC{year}/Annotations/{image_id}.xml", xml.encode("utf-8"))
+        objects[image_id] = drawn
+    return objects
+
+
+def _standin_files(spool: _Spool, year: int, ids: list[str], lists: dict[str, list[str]],
+                   objects: dict[str, tuple[DrawnObject, ...]], classes: tuple[str, ...]) -> dict[str, str]:
+    """Archive path -> spool path of the images of `ids` plus the lists (written to the spool here)."""
+    voc = f"VOCdevkit/VOC{year}"
+    files = {}
+    for image_id in ids:
+        for sub, ext in (("Annotations", "xml"), ("JPEGImages", "jpg")):
+            files[f"{voc}/{sub}/{image_id}.{ext}"] = f"{voc}/{sub}/{image_id}.{ext}"
+    for list_name, list_ids in lists.items():
+        texts = {list_name: _id_list(list_ids)}
+        for cls in classes:  # the devkit's per-class lists: 1 present, 0 only as difficult, -1 absent
+            flags = [max((1 if not o.difficult else 0 for o in objects[i] if o.class_name == cls), default=-1)
+                     for i in list_ids]
+            texts[f"{cls}_{list_name}"] = "".join(f"{i} {f:2d}\n" for i, f in zip(list_ids, flags, strict=True))
+        for stem, text in texts.items():
+            path = f"{voc}/ImageSets/Main/{stem}.txt"
+            key = f"{path}#{year}-{list_name}"  # the trainval and test archives of 2007 share no list names anyway
+            spool.add(key, text.encode())
+            files[path] = key
+    return files
+
+
+def _id_list(ids: Sequence[str]) -> str:
+    return "".join(i + "\n" for i in ids)
+
+
+class _Spool:
+    """Named byte strings kept for a tarball: in memory up to 256 MiB, then in one temp file (bounded memory)."""
+
+    def __init__(self):
+        self._file = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
+        self._where: dict[str, tuple[int, int]] = {}
+
+    def __enter__(self) -> _Spool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+
+    @property
+    def files(self) -> dict[str, str]:
+        """Every name added, mapped to itself (the form `_write_tar` takes)."""
+        return {name: name for name in self._where}
+
+    def add(self, name: str, data: bytes) -> None:
+        self._file.seek(0, os.SEEK_END)
+        self._where[name] = (self._file.tell(), len(data))
+        self._file.write(data)
+
+    def read(self, name: str) -> bytes:
+        offset, size = self._where[name]
+        self._file.seek(offset)
+        return self._file.read(size)
+
+
+def _write_tar(tar_path: Path, files: dict[str, Any], read: Callable[[Any], bytes],
+               extra_dirs: Iterable[str] = ()) -> str:
+    """Write a tar of `files` (archive path -> source, whose bytes are ``read(source)``); returns its md5.
+
+    Members come in the order `os.walk` with sorted names visits a folder tree (each folder, its files, then its
+    sub-folders), with the normalised headers of `make_tarball`. The file is created beside `tar_path` under a
+    unique name (mode 0666 less the umask) and renamed into place.
+    """
+    tar_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tar_path.with_name(f".{tar_path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as raw, \
+                tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for arcname, source in _walk_order(files, extra_dirs):
+                info = tarfile.TarInfo(arcname)
+                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+                if source is None:
+                    info.type, info.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(info)
+                else:
+                    data = read(source)
+                    info.size, info.mode = len(data), 0o644
+                    tar.addfile(info, _BytesReader(data))
+        digest = _md5(tmp)
+        os.replace(tmp, tar_path)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return digest
 
 
-def generate_voc_tarball(tar_path: Path, **kwargs: Any) -> tuple[Path, str, int]:
-    """`generate_voc` (same keyword arguments) into a temp dir, then `make_tarball`: returns (path, md5, bytes)."""
-    tar_path = Path(tar_path)
-    with tempfile.TemporaryDirectory(prefix=".synth-", dir=tar_path.parent if tar_path.parent.exists() else None) as tmp:
-        generate_voc(Path(tmp), **kwargs)
-        digest = make_tarball(Path(tmp), tar_path)
-    return tar_path, digest, tar_path.stat().st_size
+def _walk_order(files: dict[str, Any], extra_dirs: Iterable[str]) -> list[tuple[str, Any]]:
+    """(archive path, source or None for a folder) in os.walk order: folder, its files sorted, its folders sorted."""
+    tree: dict = {}
+    for path in [*files, *(d + "/" for d in extra_dirs)]:
+        *parents, leaf = path.split("/")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        if leaf:
+            node[leaf] = path
+    out: list[tuple[str, Any]] = []
+
+    def visit(prefix: str, node: dict) -> None:
+        out.append((prefix, None))
+        for name in sorted(k for k, v in node.items() if not isinstance(v, dict)):
+            out.append((f"{prefix}/{name}", files[node[name]]))
+        for name in sorted(k for k, v in node.items() if isinstance(v, dict)):
+            visit(f"{prefix}/{name}", node[name])
+
+    for top in sorted(tree):
+        visit(top, tree[top])
+    return out
 
 
-def _muted_colour(rng: np.random.Generator) -> np.ndarray:
-    """A low-saturation mid-tone, so backgrounds never look like the saturated class colours."""
-    return rng.uniform(70, 180) + rng.uniform(-25, 25, size=3)  # (3,)
+class _BytesReader:
+    """The minimal file object `TarFile.addfile` reads a member's bytes from."""
 
+    def __init__(self, data: bytes):
+        self._data, self._pos = memoryview(data), 0
 
-def _background(rng: np.random.Generator, width: int, height: int) -> Image.Image:
-    """Gradient + low-frequency noise, built on a coarse grid and upsampled once (bilinear keeps a gradient exact)."""
-    grid = 6
-    angle = rng.uniform(0, 2 * np.pi)
-    u = np.linspace(0, 1, grid)
-    t = u[None, :] * np.cos(angle) + u[:, None] * np.sin(angle)  # (grid, grid)
-    t = (t - t.min()) / (t.max() - t.min())
-    c0, c1 = _muted_colour(rng), _muted_colour(rng)
-    coarse = c0 + t[..., None] * (c1 - c0) + rng.uniform(-25, 25, size=(grid, grid, 3))  # (grid, grid, 3)
-    image = Image.fromarray(np.clip(coarse, 0, 255).astype(np.uint8), "RGB").resize((width, height), Image.BILINEAR)
-    draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(2, 6))):
-        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
-        rx, ry = rng.uniform(0.05, 0.25) * width, rng.uniform(0.05, 0.25) * height
-        fill = tuple(int(v) for v in np.clip(_muted_colour(rng), 0, 255))
-        draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=fill)
-    return image
-
-
-def _shape_mask(shape: str, width: int, height: int) -> Image.Image:
-    mask = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(mask)
-    right, bottom = width - 1, height - 1
-    if shape in ("square", "rectangle"):
-        draw.rectangle((0, 0, right, bottom), fill=255)
-    elif shape == "circle":
-        draw.ellipse((0, 0, right, bottom), fill=255)
-    elif shape == "ring":
-        draw.ellipse((0, 0, right, bottom), outline=255, width=max(2, min(width, height) // 5))
-    else:
-        draw.polygon([(x * right, y * bottom) for x, y in _POLYGONS[shape]], fill=255)
-    return mask
-
-
-def _render_image(rng: np.random.Generator, width: int, height: int, spec: _Spec) -> tuple[Image.Image, list[_Object]]:
-    """Draw one image and its objects: (RGB image, list of `_Object` with tight visible boxes)."""
-    image = _background(rng, width, height)
-    short = min(width, height)
-    placed: list[tuple[_Object, tuple[int, int], Image.Image, tuple[int, int, int]]] = []
-    for _ in range(int(rng.integers(1, spec.max_objects + 1))):
-        name = spec.classes[int(rng.integers(len(spec.classes)))]
-        style = CLASS_STYLES[name]
-        difficult = bool(rng.random() < spec.difficult_fraction)
-        truncated_wanted = not difficult and bool(rng.random() < spec.truncated_fraction)
-        jitter = rng.integers(-spec.colour_jitter, spec.colour_jitter + 1, size=3)
-        colour = tuple(int(v) for v in np.clip(np.asarray(style.colour) + jitter, 0, 255))
-        for _try in range(_PLACEMENT_TRIES):
-            side = rng.uniform(*(spec.difficult_size if difficult else spec.object_size)) * short
-            w = int(np.clip(round(side * np.sqrt(style.aspect)), _MIN_SIDE, width))
-            h = int(np.clip(round(side / np.sqrt(style.aspect)), _MIN_SIDE, height))
-            x0, y0 = _place(rng, w, h, width, height, truncated_wanted, spec.max_overhang)
-            mask = _shape_mask(style.shape, w, h)
-            obj = _visible_object(name, mask, x0, y0, width, height, difficult)
-            if obj is not None and all(_iou(obj.box, other.box) <= spec.max_iou for other, *_ in placed):
-                placed.append((obj, (x0, y0), mask, colour))
-                break
-    # Larger objects first, so a smaller one overlapping it stays visible.
-    placed.sort(key=lambda p: -p[2].size[0] * p[2].size[1])
-    for _obj, (x0, y0), mask, colour in placed:
-        image.paste(colour, (x0, y0, x0 + mask.size[0], y0 + mask.size[1]), mask)
-    grain = np.frombuffer(rng.bytes(width * height * 3), dtype=np.uint8) >> 3  # (H * W * 3,) in 0..31
-    image = ImageChops.add(image, Image.frombytes("RGB", (width, height), grain.tobytes()), offset=-16)  # +-16, clipped
-    return image, [p[0] for p in placed]
-
-
-def _place(rng, w, h, width, height, truncated, max_overhang) -> tuple[int, int]:
-    """Top-left corner (may be negative): inside the image, or past one random border by up to max_overhang."""
-    x0, y0 = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
-    if truncated and max_overhang > 0:
-        side = int(rng.integers(4))
-        extent = w if side < 2 else h
-        over = max(1, round(rng.uniform(0.05, max_overhang) * extent))
-        if side == 0:
-            x0 = -over
-        elif side == 1:
-            x0 = width - w + over
-        elif side == 2:
-            y0 = -over
-        else:
-            y0 = height - h + over
-    return x0, y0
-
-
-def _visible_object(name, mask, x0, y0, width, height, difficult) -> _Object | None:
-    """The object with the tight box of its in-image pixels; None when none of it shows."""
-    w, h = mask.size
-    full = mask.getbbox()
-    crop = (max(0, -x0), max(0, -y0), min(w, width - x0), min(h, height - y0))
-    if full is None or crop[0] >= crop[2] or crop[1] >= crop[3]:
-        return None
-    visible = mask.crop(crop).getbbox()
-    if visible is None:
-        return None
-    box = (x0 + crop[0] + visible[0], y0 + crop[1] + visible[1], x0 + crop[0] + visible[2], y0 + crop[1] + visible[3])
-    # Truncated when some of the shape's own pixels fall outside the image, not merely its box.
-    truncated = (box[2] - box[0], box[3] - box[1]) != (full[2] - full[0], full[3] - full[1])
-    return _Object(name, box, difficult, truncated)
-
-
-def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union
-
-
-def _annotation_xml(year: int, image_id: str, width: int, height: int, objects: list[_Object]) -> str:
-    parts = [
-        f"<annotation>\n\t<folder>VOC{year}</folder>\n\t<filename>{image_id}.jpg</filename>\n"
-        f"\t<source>\n\t\t<database>The VOC{year} Database (synthetic, yolov1.synth)</database>\n"
-        f"\t\t<annotation>PASCAL VOC{year}</annotation>\n\t\t<image>synthetic</image>\n\t</source>\n"
-        f"\t<size>\n\t\t<width>{width}</width>\n\t\t<height>{height}</height>\n\t\t<depth>3</depth>\n\t</size>\n"
-        "\t<segmented>0</segmented>\n"
-    ]
-    for obj in objects:
-        x0, y0, x1, y1 = obj.box
-        # VOC writes 1-based inclusive pixel corners: continuous [x0, x1) is pixels x0 + 1 .. x1.
-        parts.append(
-            f"\t<object>\n\t\t<name>{obj.class_name}</name>\n\t\t<pose>Unspecified</pose>\n"
-            f"\t\t<truncated>{int(obj.truncated)}</truncated>\n\t\t<difficult>{int(obj.difficult)}</difficult>\n"
-            f"\t\t<bndbox>\n\t\t\t<xmin>{x0 + 1}</xmin>\n\t\t\t<ymin>{y0 + 1}</ymin>\n"
-            f"\t\t\t<xmax>{x1}</xmax>\n\t\t\t<ymax>{y1}</ymax>\n\t\t</bndbox>\n\t</object>\n"
-        )
-    parts.append("</annotation>\n")
-    return "".join(parts)
-
-
-def _add_member(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
-    info = tar.gettarinfo(str(path), arcname)
-    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-    info.mode = 0o755 if info.isdir() else 0o644
-    if info.isfile():
-        with path.open("rb") as f:
-            tar.addfile(info, f)
-    else:
-        tar.addfile(info)
+    def read(self, size: int = -1) -> bytes:
+        end = len(self._data) if size < 0 else self._pos + size
+        chunk = self._data[self._pos:end].tobytes()
+        self._pos += len(chunk)
+        return chunk
 
 
 def _md5(path: Path) -> str:
