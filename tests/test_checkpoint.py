@@ -140,3 +140,85 @@ def test_weights_bad_inputs(tmp_path):
                                                "classes": ["a", "b", "c", "d"]})
     with pytest.raises(CheckpointError, match="does not fit"):
         load_weights(tmp_path / "mismatch.pt")
+
+
+def test_disk_full_says_so_names_the_file_and_leaves_no_torn_file(tmp_path, monkeypatch):
+    import errno
+
+    from yolov1 import checkpoint
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"step": 1, "w": torch.ones(4)})
+    before = path.read_bytes()
+    real_write, budget = checkpoint._write, [3000]  # the disk takes 3000 more bytes, then it is full
+
+    def full_disk(fd, data):
+        if budget[0] <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = real_write(fd, bytes(memoryview(data).cast("B")[:budget[0]]))
+        budget[0] -= n
+        return n
+
+    monkeypatch.setattr(checkpoint, "_write", full_disk)
+    with pytest.raises(CheckpointError, match=r"last.pt: no space left on device") as err:
+        save_checkpoint(path, {"step": 2, "w": torch.zeros(100_000)})
+    assert isinstance(err.value.__cause__, OSError) and err.value.__cause__.errno == errno.ENOSPC
+    assert path.read_bytes() == before  # the previous checkpoint, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # the partial temp file is gone
+
+
+def test_other_write_errors_pass_through_unchanged(tmp_path, monkeypatch):
+    import errno
+
+    from yolov1 import checkpoint
+
+    def broken(fd, data):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(checkpoint, "_write", broken)
+    with pytest.raises(Exception) as err:  # noqa: PT011  (torch wraps it; the point is: not "no space")
+        save_checkpoint(tmp_path / "x.pt", {"w": torch.ones(3)})
+    assert "no space left" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_snapshot_copies_tensors_so_later_in_place_changes_do_not_leak():
+    from yolov1.checkpoint import snapshot
+
+    w = torch.ones(3)
+    state = {"model": {"w": w}, "rng": [{"torch": torch.arange(2)}], "step": 3, "names": ("a", "b")}
+    copy = snapshot(state)
+    w.add_(1)  # training goes on changing the live tensor
+    assert copy["model"]["w"].tolist() == [1.0, 1.0, 1.0] and copy["step"] == 3 and copy["names"] == ("a", "b")
+    assert copy["model"]["w"].data_ptr() != w.data_ptr()
+
+
+def test_async_writer_writes_in_order_and_reports_errors_at_the_next_call(tmp_path, monkeypatch):
+    from yolov1 import checkpoint
+
+    writer = checkpoint.AsyncCheckpointWriter()
+    for step in range(1, 4):  # each submit waits for the previous write: the last one wins
+        writer.submit(tmp_path / "last.pt", {"step": step})
+    writer.wait()
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 3 and not writer.pending
+
+    def fail(path, state):
+        raise CheckpointError(f"{path}: no space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", fail)
+    writer.submit(tmp_path / "last.pt", {"step": 4})  # fails in the background ...
+    with pytest.raises(CheckpointError, match="no space left on device"):
+        writer.wait()  # ... and is raised to the training thread here
+    writer.wait()  # reported once
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 3
+
+
+def test_stale_temp_files_of_a_killed_write_are_removed(tmp_path):
+    from yolov1.checkpoint import remove_stale_temp_files
+
+    (tmp_path / ".last.pt.abc123.tmp").write_bytes(b"torn")
+    (tmp_path / ".best.pt.x.tmp").write_bytes(b"other file's")
+    (tmp_path / "last.pt").write_bytes(b"kept")
+    assert remove_stale_temp_files(tmp_path / "last.pt") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".best.pt.x.tmp", "last.pt"]
+    assert remove_stale_temp_files(tmp_path / "missing" / "last.pt") == 0

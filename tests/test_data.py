@@ -20,6 +20,7 @@ from yolov1.data import (
     augment,
     collate_eval,
     collate_train,
+    images_to_float,
     load_split,
     read_rgb,
     worker_init_fn,
@@ -82,20 +83,21 @@ TWO = [{"id": "000001", "rects": [((40, 30, 100, 90), RED, 0, False), ((110, 10,
 
 
 def _colour_mask(image: torch.Tensor) -> torch.Tensor:
-    """(3, h, w) in [0, 1] -> (h, w) bool: saturated pixels. Gray background and black padding have HSV S = 0,
-    which no exposure/saturation factor changes, so this finds the rectangle under any augmentation."""
+    """(3, h, w) uint8 or float in [0, 1] -> (h, w) bool: saturated pixels. Gray background and black padding
+    have HSV S = 0, which no exposure/saturation factor changes, so this finds the rectangle under any augmentation."""
+    image = images_to_float(image[None])[0]
     return (image.amax(0) - image.amin(0)) > 0.15
 
 
 def test_train_and_eval_shapes_dtypes_and_range(tmp_path):
     train = _dataset(tmp_path, TWO, train=True)
     image, target = train[0]
-    assert image.shape == (3, SIZE, SIZE) and image.dtype == torch.float32
+    # uint8 through the loader's shared memory (4x less than float32); the trainer makes it float on its device
+    assert image.shape == (3, SIZE, SIZE) and image.dtype == torch.uint8
     assert target.shape == (GRID, GRID, 5 + len(CLASSES)) and target.dtype == torch.float32
-    assert 0.0 <= image.min() and image.max() <= 1.0
     evaluation = _dataset(tmp_path, TWO, train=False)
     image, target, info = evaluation[1]
-    assert image.shape == (3, SIZE, SIZE) and image.dtype == torch.float32 and 0 <= image.min() <= image.max() <= 1
+    assert image.shape == (3, SIZE, SIZE) and image.dtype == torch.uint8
     assert target.shape == (GRID, GRID, 5 + len(CLASSES))
     assert info["image_id"] == "000002" and (info["width"], info["height"]) == (W, H)
     assert info["boxes"].dtype == torch.float32 and info["labels"].dtype == torch.int64
@@ -128,7 +130,7 @@ def test_target_is_encode_of_the_augmented_boxes(tmp_path, seed):
     sample = ds._load_augmented(0)
     torch.manual_seed(seed)
     image, target = ds[0]
-    assert torch.equal(image, sample.image)
+    assert torch.equal(image, sample.image.mul(255).round().to(torch.uint8))  # the sample, rounded to uint8
     expected = encode(xyxy_to_cxcywh(sample.boxes_xyxy), sample.labels, GRID, len(CLASSES)).target
     assert torch.equal(target, expected)
     assert ((sample.boxes_xyxy >= 0) & (sample.boxes_xyxy <= 1)).all()
@@ -310,3 +312,26 @@ def test_load_split_filters_images_and_objects(tmp_path):
     assert train_images["image_id"].tolist() == ["a", "c"] and train_objects["class_index"].tolist() == [0, 0]
     with pytest.raises(ValueError, match="no images with split 'val'"):
         load_split(tmp_path, "val")
+
+
+def test_training_samples_are_the_augmentation_rounded_to_uint8(tmp_path):
+    ds = _dataset(tmp_path, TWO, train=True)
+    torch.manual_seed(7)
+    image, _ = ds[0]
+    torch.manual_seed(7)
+    reference = ds._load_augmented(0).image  # float32 [0, 1] from the same random draws
+    assert image.dtype == torch.uint8
+    # the only change is rounding to the nearest of 256 levels: at most half a level off
+    assert (images_to_float(image[None])[0] - reference).abs().max() <= 0.5 / 255 + 1e-6
+
+
+def test_images_to_float():
+    batch = torch.tensor([0, 51, 255], dtype=torch.uint8).reshape(1, 3, 1, 1)
+    out = images_to_float(batch)
+    assert out.dtype == torch.float32 and out.flatten().tolist() == pytest.approx([0.0, 0.2, 1.0])
+    floats = torch.rand(2, 3, 4, 4)
+    assert images_to_float(floats) is floats  # float input passes through untouched
+    channels_last = torch.zeros(2, 3, 4, 4, dtype=torch.uint8).to(memory_format=torch.channels_last)
+    assert images_to_float(channels_last).is_contiguous(memory_format=torch.channels_last)
+    with pytest.raises(TypeError, match="uint8 or a float"):
+        images_to_float(torch.zeros(1, 3, 2, 2, dtype=torch.int64))

@@ -3,6 +3,8 @@
 Training samples get a random scale and translation, a horizontal flip and a random HSV exposure/saturation change,
 done once at the network's input size on tv_tensors (Image, BoundingBoxes); evaluation samples are only resized and
 carry their untouched ground truth for mAP. All randomness comes from torch's global RNG, which DataLoader seeds.
+Samples are uint8 images, 4x less shared memory between loader workers and the trainer than float32; the consumer
+makes them float on its device with `images_to_float`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from yolov1.encode import encode
 __all__ = [
     "VOCDetection",
     "AugmentedSample",
+    "images_to_float",
     "augment",
     "adjust_hsv",
     "collate_train",
@@ -72,8 +75,9 @@ class VOCDetection(torch.utils.data.Dataset):
 
     ``train=True``: ``(image, target)`` with the augmentation of `augment`. ``train=False``: no augmentation,
     ``(image, target, info)`` where info is ``{"image_id": str, "width": int, "height": int, "boxes": float32
-    (G, 4) pixel xyxy as in the table, "labels": int64 (G,), "difficult": bool (G,)}``. Images are float32
-    (3, input_size, input_size) in [0, 1], resized to a square ignoring the aspect ratio, as in the paper.
+    (G, 4) pixel xyxy as in the table, "labels": int64 (G,), "difficult": bool (G,)}``. Images are uint8
+    (3, input_size, input_size) in [0, 255], resized to a square ignoring the aspect ratio, as in the paper;
+    `images_to_float` turns a batch of them into the network's float [0, 1] input (on the device).
     """
 
     def __init__(
@@ -139,9 +143,10 @@ class VOCDetection(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, dict[str, Any]]:
         if self.train:
             sample = self._load_augmented(i)
-            return sample.image, self._encode(sample.boxes_xyxy, sample.labels)
+            image = sample.image.mul_(255.0).round_().to(torch.uint8)  # (3, S_in, S_in); float work stays here
+            return image, self._encode(sample.boxes_xyxy, sample.labels)
         image = self._read_image(i)
-        resized = F.to_dtype(F.resize(image, [self.input_size] * 2, antialias=True), torch.float32, scale=True)
+        resized = F.resize(image, [self.input_size] * 2, antialias=True)  # (3, S_in, S_in) uint8
         boxes, labels, difficult = self._objects(i)
         width, height = (int(v) for v in self._sizes[i])
         used = difficult.logical_not() | self.use_difficult
@@ -289,8 +294,18 @@ def adjust_hsv(image: Tensor, *, exposure: float, saturation: float) -> Tensor:
     return out.mul_(gain).add_(offset).clamp_(0.0, 1.0)
 
 
+def images_to_float(images: Tensor) -> Tensor:
+    """A batch (N, 3, H, W) as the network's input: uint8 [0, 255] -> float32 [0, 1] (on the tensor's own
+    device: call it after the copy to the GPU, so only bytes cross the bus); float input is returned as is."""
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32).div_(255.0)
+    if not images.is_floating_point():
+        raise TypeError(f"images: expected uint8 or a float dtype, got {images.dtype}")
+    return images
+
+
 def collate_train(batch: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-    """DataLoader collate for training samples: images (N, 3, S_in, S_in), targets (N, S, S, 5 + C).
+    """DataLoader collate for training samples: images (N, 3, S_in, S_in) uint8, targets (N, S, S, 5 + C).
 
     default_collate stacks straight into shared memory inside a worker, saving a copy on the way to the trainer.
     """

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from yolov1.boxes import denormalize_xyxy
 from yolov1.config import EvalConfig, ModelConfig
+from yolov1.data import images_to_float
 from yolov1.encode import decode
 from yolov1.metrics import VOCResult, evaluate_both
 
@@ -81,7 +82,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, model_cfg: ModelConfig, eval
     for images, infos in loader:
         start = time.perf_counter()
         with autocast:
-            preds = model(images.to(device, non_blocking=True))  # (N, S, S, 5B + C)
+            preds = model(images_to_float(images.to(device, non_blocking=True)))  # (N, S, S, 5B + C); uint8 in
         decoded = decode(preds, boxes_per_cell=model_cfg.boxes_per_cell, num_classes=model_cfg.num_classes,
                          score_threshold=eval_cfg.score_threshold, nms_iou_threshold=eval_cfg.nms_iou_threshold,
                          max_detections=eval_cfg.max_detections)
