@@ -26,8 +26,43 @@ class TrackingUnavailable(RuntimeError):
 
 
 def tracking_uri(cfg: TrackingConfig) -> str:
-    """MLFLOW_TRACKING_URI when set, else params `tracking.uri` (a relative sqlite path is relative to the cwd)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+    """MLFLOW_TRACKING_URI when set, else params `tracking.uri` (a relative sqlite path is relative to the cwd).
+
+    Credentials in an http(s) URI (``http://alice:S3cr3t@host``) are moved to MLFLOW_TRACKING_USERNAME /
+    MLFLOW_TRACKING_PASSWORD (where MLflow reads them, unless already set) and the URI comes back without them,
+    so MLflow never prints or stores the password (its run links, errors and the registry all see the bare URI).
+    """
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
+    uri, user, password = split_credentials(env_uri or cfg.uri)
+    if user is not None or password is not None:
+        if not (os.environ.get("MLFLOW_TRACKING_USERNAME") or os.environ.get("MLFLOW_TRACKING_PASSWORD")):
+            os.environ["MLFLOW_TRACKING_USERNAME"] = user or ""
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = password or ""
+        if env_uri:
+            os.environ["MLFLOW_TRACKING_URI"] = uri  # child processes (pyfunc env checks) inherit the bare URI
+    return uri
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """``http://alice:S3cr3t@host:5000/x`` -> ``("http://host:5000/x", "alice", "S3cr3t")`` (percent-decoded).
+
+    Only http(s) URIs are split; database URIs (``postgresql://u:p@host/db``) keep their credentials, which
+    their driver needs, and are only ever shown through `yolov1.redact.redact`.
+    """
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    if not uri.lower().startswith(("http://", "https://")):
+        return uri, None, None
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri, None, None
+    if "@" not in parts.netloc:
+        return uri, None, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, sep, password = userinfo.partition(":")
+    bare = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return bare, unquote(user) or None, unquote(password) if sep else None
 
 
 def configure(cfg: TrackingConfig) -> str:
@@ -48,33 +83,60 @@ def configure(cfg: TrackingConfig) -> str:
     return mlflow.create_experiment(cfg.experiment, artifact_location=artifact_location)
 
 
+def _auth_header(user: str | None, password: str | None) -> dict[str, str]:
+    """Basic auth from the URI's or MLflow's env credentials, else MLFLOW_TRACKING_TOKEN as a bearer token."""
+    import base64
+
+    user = user if user is not None else os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = password if password is not None else os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user or password:
+        token = base64.b64encode(f"{user or ''}:{password or ''}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        return {"Authorization": f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"}
+    return {}
+
+
 def check_reachable(uri: str, timeout: float = 10.0) -> None:
-    """Raise `TrackingUnavailable` naming the URI unless the tracking store answers a cheap query."""
+    """Raise `TrackingUnavailable` naming the URI (credentials redacted) unless the store answers a cheap query.
+
+    An http(s) server is asked for ``/health`` with the same credentials MLflow will use (in the URI or in
+    MLFLOW_TRACKING_USERNAME / _PASSWORD / _TOKEN); a 401/403 says so instead of "cannot be reached".
+    """
+    from yolov1.redact import redact
+
+    shown = redact(uri)
     if uri.startswith(("http://", "https://")):
         import urllib.error
         import urllib.request
 
+        bare, user, password = split_credentials(uri)
+        request = urllib.request.Request(bare.rstrip("/") + "/health", headers=_auth_header(user, password))
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 (http(s) only, checked above)
                 if resp.status != 200:
-                    raise TrackingUnavailable(f"MLflow tracking server {uri} answered HTTP {resp.status} on /health")
-        except (urllib.error.URLError, OSError) as err:
+                    raise TrackingUnavailable(f"MLflow tracking server {shown} answered HTTP {resp.status} on /health")
+        except urllib.error.HTTPError as err:
+            hint = (" (check MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)" if err.code in (401, 403) else "")
             raise TrackingUnavailable(
-                f"MLflow tracking server {uri} cannot be reached ({err}); start it or unset MLFLOW_TRACKING_URI "
-                "to use the embedded sqlite store"
+                f"MLflow tracking server {shown} answered HTTP {err.code} on /health{hint}") from None
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            raise TrackingUnavailable(
+                f"MLflow tracking server {shown} cannot be reached ({redact(err)}); start it or unset "
+                "MLFLOW_TRACKING_URI to use the embedded sqlite store"
             ) from None
         return
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///"))
         parent = db.parent if str(db.parent) else Path(".")
         if not parent.exists() or not os.access(parent, os.W_OK):
-            raise TrackingUnavailable(f"MLflow tracking store {uri}: folder {parent} is missing or not writable")
+            raise TrackingUnavailable(f"MLflow tracking store {shown}: folder {parent} is missing or not writable")
     from mlflow.tracking import MlflowClient
 
     try:
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as err:  # any failure here means no training should start
-        raise TrackingUnavailable(f"MLflow tracking store {uri} cannot be used: {err}") from None
+        raise TrackingUnavailable(f"MLflow tracking store {shown} cannot be used: {redact(err)}") from None
 
 
 def git_facts(cwd: Path | None = None) -> dict[str, str]:
@@ -200,18 +262,28 @@ def hash_test_split(prepared_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def log_params_artifact(params: Any, name: str = "params.yaml") -> None:
+def log_params_artifact(params: Any, artifact_path: str | None = None, name: str = "params.yaml") -> None:
     """Log the params actually used (the loaded, validated `Params`, whatever file they came from) to the active
-    MLflow run as `name`, with credentials in URLs (mirrors, tracking URI) redacted."""
+    MLflow run as ``[artifact_path/]name``, with credentials in URLs (mirrors, tracking URI) redacted."""
     import tempfile
 
     import mlflow
     import yaml
 
     from yolov1.config import params_to_dict
-    from yolov1.redact import redact
+    from yolov1.redact import MASK, redact
 
-    text = redact(yaml.safe_dump(params_to_dict(params), sort_keys=False))
+    def clean(value: Any) -> Any:  # value by value, and only where a secret was masked: other URLs stay verbatim
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, str):
+            redacted = redact(value)
+            return redacted if MASK in redacted and MASK not in value else value
+        return value
+
+    text = yaml.safe_dump(clean(params_to_dict(params)), sort_keys=False)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / name).write_text(text)
-        mlflow.log_artifact(str(Path(tmp) / name))
+        mlflow.log_artifact(str(Path(tmp) / name), artifact_path=artifact_path)

@@ -422,3 +422,54 @@ def test_register_main_reports_an_unreachable_server_in_one_line(tmp_path, monke
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and uri in err
     assert not (tmp_path / "reports" / "registration.json").exists()
+
+
+# --- tracking helpers the registry relies on -----------------------------------------------------------------------
+
+
+def _prepared(folder: Path, test_box: float = 10.0, train_box: float = 10.0) -> Path:
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"image_id": ["2007_000001", "2007_000002"], "split": ["train", "test"], "year": [2007, 2007],
+                  "path": ["a.jpg", "b.jpg"], "width": [50, 60], "height": [40, 30]}).to_parquet(
+        folder / "images.parquet", index=False)
+    pd.DataFrame({"image_id": ["2007_000001", "2007_000002"], "class_name": ["cat", "dog"], "class_index": [7, 11],
+                  "xmin": [0.0, 1.0], "ymin": [0.0, 2.0], "xmax": [train_box, test_box], "ymax": [5.0, 6.0],
+                  "difficult": [0, 1]}).to_parquet(folder / "objects.parquet", index=False)
+    return folder
+
+
+def test_test_split_hash_follows_the_test_split_only(tmp_path):
+    from pipelines.tracking import hash_test_split
+
+    base = hash_test_split(_prepared(tmp_path / "a"))
+    assert len(base) == 64 and base == hash_test_split(_prepared(tmp_path / "b"))  # content, not the folder
+    assert hash_test_split(_prepared(tmp_path / "c", train_box=12.0)) == base  # training data changed: same
+    assert hash_test_split(_prepared(tmp_path / "d", test_box=10.5)) != base  # one test box moved: different
+
+
+def test_params_artifact_is_the_loaded_params_not_the_cwd_params_yaml(store, tmp_path, repo_params_dict):
+    import mlflow
+    import yaml
+
+    from pipelines.params import load_params
+    from pipelines.tracking import log_params_artifact
+
+    # The cwd holds a decoy params.yaml; the stage was given --params other.yaml, whose mirror URL holds a token.
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"decoy": True}))
+    raw = copy.deepcopy(repo_params_dict)
+    raw["register"]["model_name"] = "from-other-yaml"
+    raw["data"]["archives"][0]["mirrors"] = ["https://mirror.example/voc.tar?token=S3cr3tT0ken"]
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    params = load_params(tmp_path / "other.yaml")
+    experiment_id = configure(params.tracking)
+    with mlflow.start_run(experiment_id=experiment_id) as active:
+        log_params_artifact(params)
+    text = Path(mlflow.artifacts.download_artifacts(run_id=active.info.run_id, artifact_path="params.yaml",
+                                                    dst_path=str(tmp_path / "dl"))).read_text()
+    logged = yaml.safe_load(text)
+    assert "decoy" not in logged and logged["register"]["model_name"] == "from-other-yaml"
+    assert "S3cr3tT0ken" not in text and "token=***" in text
+    raw["data"]["archives"][0]["mirrors"] = logged["data"]["archives"][0]["mirrors"]
+    assert params_from_dict(logged) == params_from_dict(raw)  # everything else exactly as loaded
