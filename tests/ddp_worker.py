@@ -56,6 +56,21 @@ class TinyNet(nn.Module):
         return self.conv2(x).permute(0, 2, 3, 1)  # (N, S, S, 5B + C)
 
 
+class TinyBackboneNet(nn.Module):
+    """TinyNet's layers as ``.backbone`` (conv/2, BN, leaky) and ``.head`` (dropout, conv/2), the two submodules
+    every detector of the project has: for the backbone freeze / LR multiplier tests."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        out = 5 * cfg.boxes_per_cell + cfg.num_classes
+        self.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8),
+                                      nn.LeakyReLU(0.1))
+        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Conv2d(8, out, 3, stride=2, padding=1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images)).permute(0, 2, 3, 1)  # (N, S, S, 5B + C)
+
+
 class NoisyDataset(Dataset):
     """`n` random images with one object each; `noise` adds torch.rand jitter per access (an "augmentation"
     drawing from the global torch RNG, so exact resume must restore that stream too)."""

@@ -283,3 +283,142 @@ def test_ddp_two_ranks_on_cpu_match_one_process(tmp_path):
         assert not torch.equal(rank0[k], initial[k]), k
         torch.testing.assert_close(rank0[k], single[k], rtol=1e-4, atol=1e-5)
     assert load_checkpoint(tmp_path / "ckpt" / "last.pt")["global_step"] == 12  # rank 0 wrote it
+
+
+# -- gradient accumulation, backbone options, checkpoint interval and best.pt ----------------------------------
+
+def _plain_cfg():
+    return dataclasses.replace(MODEL_CFG, dropout=0.0, batch_norm=False)
+
+
+def test_grad_accumulation_follows_the_same_gradient_as_one_big_batch(tmp_path):
+    # Without BatchNorm and dropout the mean loss over 4 images is the mean of two 2-image means: accumulating two
+    # micro-batches of 2 must run the same SGD as batches of 4 (up to float summation order).
+    data = NoisyDataset(noise=0.0)
+    one = train(_plain_cfg(), train_config(), data, checkpoint_dir=tmp_path / "a", build_fn=TinyNet)
+    two = train(_plain_cfg(), train_config(grad_accumulation=2), data, checkpoint_dir=tmp_path / "b",
+                build_fn=TinyNet)
+    assert one.steps == two.steps == 12
+    for k, v in one.model.state_dict().items():
+        torch.testing.assert_close(two.model.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+    assert two.final_loss == pytest.approx(one.final_loss, rel=1e-5)
+
+
+def test_micro_batch_rule_and_its_error_names_the_keys():
+    from yolov1.train import micro_batch_size
+
+    assert micro_batch_size(64, 8, 1) == 8 and micro_batch_size(64, 8, 2) == 4 and micro_batch_size(64, 1, 1) == 64
+    with pytest.raises(ValueError, match=r"train.batch_size: 64 is not divisible by 3 process\(es\) x "
+                                         r"train.grad_accumulation 2 \(= 6\)"):
+        micro_batch_size(64, 3, 2)
+
+
+def _snapshots():
+    seen = {}
+
+    def val_fn(model, epoch):
+        seen[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+        return {"map_voc07": 0.1 * epoch}
+
+    return seen, val_fn
+
+
+def test_frozen_backbone_gets_no_update_and_keeps_its_batch_norm_statistics(tmp_path):
+    from ddp_worker import TinyBackboneNet
+
+    torch.manual_seed(0)  # train() builds the model under manual_seed(train.seed) too
+    initial = TinyBackboneNet(MODEL_CFG).state_dict()
+    seen, val_fn = _snapshots()
+    result = _run(tmp_path, train_config(freeze_backbone_epochs=1, val_every=1), build_fn=TinyBackboneNet,
+                  val_fn=val_fn)
+    epoch1 = seen[1]
+    for k in initial:  # epoch 1: backbone weights AND BatchNorm running statistics untouched; the head learned
+        assert torch.equal(epoch1[k], initial[k]) == k.startswith("backbone."), k
+    final = result.model.state_dict()
+    assert not torch.equal(final["backbone.0.weight"], epoch1["backbone.0.weight"])  # unfrozen from epoch 2
+    assert not torch.equal(final["backbone.1.running_mean"], epoch1["backbone.1.running_mean"])
+    assert all(p.requires_grad for p in result.model.parameters())
+
+
+def test_backbone_learning_rate_multiplier(tmp_path):
+    from ddp_worker import TinyBackboneNet
+
+    from yolov1.schedule import build_scheduler
+
+    model = TinyBackboneNet(MODEL_CFG)
+    cfg = train_config(backbone_lr_multiplier=0.1)
+    optimizer = build_optimizer(model, cfg)
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert list(groups) == ["decay", "no_decay", "backbone_decay", "backbone_no_decay"]
+    assert groups["decay"]["lr"] == pytest.approx(0.01) and groups["backbone_decay"]["lr"] == pytest.approx(0.001)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in groups["backbone_no_decay"]["params"]) == ["backbone.1.bias",
+                                                                                   "backbone.1.weight"]
+    scheduler = build_scheduler(optimizer, 12, cfg)
+    for _ in range(7):  # through warm-up and the first x0.1 step: the ratio holds at every step
+        optimizer.step()
+        scheduler.step()
+        assert groups["backbone_decay"]["lr"] == pytest.approx(0.1 * groups["decay"]["lr"])
+
+    torch.manual_seed(0)
+    initial = TinyBackboneNet(MODEL_CFG).state_dict()
+    still = _run(tmp_path, train_config(backbone_lr_multiplier=0.0), build_fn=TinyBackboneNet).model.state_dict()
+    assert torch.equal(still["backbone.0.weight"], initial["backbone.0.weight"])  # lr 0: not one step
+    assert not torch.equal(still["head.1.weight"], initial["head.1.weight"])
+    with pytest.raises(ValueError, match="train.freeze_backbone_epochs: 1 needs a model with a .backbone"):
+        _run(tmp_path / "x", train_config(freeze_backbone_epochs=1))
+
+
+def test_checkpoint_interval_in_epochs_and_best_follows_validation(tmp_path, monkeypatch):
+    from yolov1 import checkpoint
+
+    submitted = []
+    real_submit = checkpoint.AsyncCheckpointWriter.submit
+
+    def record(self, path, state):
+        submitted.append((path.name, state.get("epoch")))
+        real_submit(self, path, state)
+
+    monkeypatch.setattr(checkpoint.AsyncCheckpointWriter, "submit", record)
+    maps = {1: 0.2, 2: 0.5, 3: 0.3}
+    seen = {}
+
+    def val_fn(model, epoch):
+        seen[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+        return {"map_voc07": maps[epoch]}
+
+    result = _run(tmp_path, train_config(checkpoint_every=2, val_every=1), val_fn=val_fn,
+                  classes=["a", "b", "c"])
+    # last.pt every 2 epochs and after the last one; best.pt whenever validation improved (epochs 1 and 2)
+    assert submitted == [("best.pt", 1), ("last.pt", 2), ("best.pt", 2), ("last.pt", 3)]
+    assert result.best == {"metric": "map_voc07", "value": 0.5, "epoch": 2, "path": tmp_path / "best.pt"}
+    best = load_checkpoint(tmp_path / "best.pt")  # the load_weights layout (the stage test loads a real one)
+    assert best["classes"] == ["a", "b", "c"] and best["model_config"]["grid_size"] == 2 and best["epoch"] == 2
+    _assert_same_weights(best["state_dict"], seen[2])
+    assert load_checkpoint(tmp_path / "last.pt")["best"] == {"metric": "map_voc07", "value": 0.5, "epoch": 2}
+
+
+def test_a_full_disk_fails_training_with_the_checkpoint_path(tmp_path, monkeypatch):
+    import errno
+
+    from yolov1 import checkpoint
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "_write", full)
+    with pytest.raises(checkpoint.CheckpointError, match=r"last.pt: no space left on device"):
+        _run(tmp_path)
+    assert not (tmp_path / "last.pt").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_sync_batch_norm_only_on_cuda_with_several_ranks(caplog):
+    from yolov1.distributed import DistInfo, maybe_sync_batch_norm
+
+    net = TinyNet(MODEL_CFG)
+    two = DistInfo(rank=0, world=2)
+    assert maybe_sync_batch_norm(net, True, DistInfo(), torch.device("cuda")) is net  # one process: nothing to sync
+    assert maybe_sync_batch_norm(net, True, two, torch.device("cpu")) is net
+    assert "SyncBatchNorm needs CUDA" in caplog.text
+    converted = maybe_sync_batch_norm(TinyNet(MODEL_CFG), True, two, torch.device("cuda"))  # conversion only
+    assert isinstance(converted.norm, torch.nn.SyncBatchNorm)

@@ -53,11 +53,14 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
 def build_scheduler(optimizer: Optimizer, total_steps: int, cfg: TrainConfig) -> LambdaLR:
     """A per-step `LambdaLR` following `lr_at`; call ``.step()`` after every optimizer step.
 
-    Every param group's initial ``lr`` must be ``cfg.lr`` (the factor is ``lr_at / cfg.lr``). Its
+    Every param group's initial ``lr`` must be ``cfg.lr x group.get("lr_multiplier", 1)`` (the factor
+    ``lr_at / cfg.lr`` scales every group alike, so a backbone group keeps its ratio to the head all run). Its
     ``state_dict`` holds only numbers (the lambda itself is not saved), so it round-trips through
     ``torch.load(weights_only=True)``; rebuild with the same arguments before ``load_state_dict``.
     """
     for i, group in enumerate(optimizer.param_groups):
-        if group["lr"] != cfg.lr:
-            raise ValueError(f"optimizer param group {i}: lr {group['lr']} != train.lr {cfg.lr}")
+        expected = cfg.lr * group.get("lr_multiplier", 1.0)
+        if group["lr"] != expected:
+            raise ValueError(f"optimizer param group {i}: lr {group['lr']} != train.lr {cfg.lr} x "
+                             f"lr_multiplier {group.get('lr_multiplier', 1.0)}")
     return LambdaLR(optimizer, lambda step: lr_at(step, total_steps, cfg) / cfg.lr)

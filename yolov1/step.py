@@ -51,9 +51,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
                                  f"{type(model).__name__} has none")
     in_backbone = {id(p) for p in backbone.parameters()} if backbone is not None else set()
     rest = [p for p in model.parameters() if id(p) not in in_backbone]
-    groups = _decay_groups(rest, cfg, cfg.lr, "")
+    groups = _decay_groups(rest, cfg, 1.0, "")
     if backbone is not None:
-        groups += _decay_groups(list(backbone.parameters()), cfg, cfg.lr * cfg.backbone_lr_multiplier, "backbone_")
+        groups += _decay_groups(list(backbone.parameters()), cfg, cfg.backbone_lr_multiplier, "backbone_")
     groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
@@ -62,11 +62,12 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     raise ValueError(f"train.optimizer: expected 'sgd' or 'adamw', got {cfg.optimizer!r}")
 
 
-def _decay_groups(params: list[nn.Parameter], cfg: TrainConfig, lr: float, prefix: str) -> list[dict]:
-    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": lr,
-             "name": f"{prefix}decay"},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr,
-             "name": f"{prefix}no_decay"}]
+def _decay_groups(params: list[nn.Parameter], cfg: TrainConfig, multiplier: float, prefix: str) -> list[dict]:
+    common = {"lr": cfg.lr * multiplier, "lr_multiplier": multiplier}
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay,
+             "name": f"{prefix}decay", **common},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "name": f"{prefix}no_decay",
+             **common}]
 
 
 def backward_micro_batch(model: nn.Module, loss_fn: nn.Module, images: Tensor, targets: Tensor, *,
