@@ -9,6 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 COMMANDS = {
     "download": ("pipelines.download", "fetch the VOC archives (mirrors, resume, md5) and extract them safely"),
@@ -16,6 +19,7 @@ COMMANDS = {
     "train": ("pipelines.train", "train the network (resumable; tracked in MLflow)"),
     "evaluate": ("pipelines.evaluate", "VOC mAP on the test split, PR curves and prediction pictures"),
     "register": ("pipelines.register", "register the model in MLflow; promote it to champion if it wins"),
+    "pretrain": ("pipelines.pretrain", "optional: the paper's classification pretraining of the backbone (ImageFolder)"),
     "predict": ("pipelines.predict", "detect objects in images with a weights file or a registry URI"),
     "flow": ("pipelines.flows", "run the whole chain as a Prefect flow (each task reproduces its DVC stage)"),
     "serve": ("pipelines.serve", "serve the scheduled retraining deployment (cron from params.yaml)"),
@@ -44,8 +48,24 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         parser.error(f"unknown command {argv[0]!r} (choose from {', '.join(COMMANDS)})")
     module = importlib.import_module(COMMANDS[argv[0]][0])
-    return int(module.main(argv[1:]) or 0)
+    return run_main(module.main, argv[1:], prog=f"yolov1 {argv[0]}")
+
+
+def run_main(command: Callable[[list[str] | None], int | None], argv: list[str] | None = None,
+             prog: str = "yolov1") -> int:
+    """Run a command's ``main(argv)``; Ctrl-C ends it with one line on stderr and exit 130, not a traceback.
+
+    Nothing half-written survives an interrupt: every output is written to a temp name and renamed into place,
+    so what exists is complete. Rerunning continues: train resumes from its last checkpoint, download from its
+    ``.part`` file, and DVC reruns only the stages whose outputs are missing or stale.
+    """
+    try:
+        return int(command(argv) or 0)
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted (Ctrl-C). Outputs already written are complete (each is renamed into place "
+              "when done); rerun the same command to continue.", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_main(main))

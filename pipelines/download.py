@@ -16,7 +16,10 @@ from tqdm import tqdm
 
 from pipelines.params import DEFAULT_PATH, load_params
 from yolov1.config import ConfigError, Params
-from yolov1.download import ArchiveError, fetch_archive_result, is_extracted, safe_extract
+from yolov1.download import ArchiveError, DownloadError, fetch_archive_result, is_extracted, safe_extract
+from yolov1.redact import redact
+
+EXIT_NETWORK = 75  # sysexits.h EX_TEMPFAIL: a later try may succeed
 
 
 def run(params: Params, *, show_progress: bool = False) -> dict[str, Any]:
@@ -54,14 +57,38 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        summary = run(load_params(args.params), show_progress=True)
-    except (ArchiveError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        params = load_params(args.params)
+    except ConfigError as err:
+        print(f"error: {redact(err)}", file=sys.stderr)
         return 2
+    try:
+        summary = run(params, show_progress=True)
+    except KeyboardInterrupt:
+        print(_interrupted(Path(params.data.root) / "raw"), file=sys.stderr)
+        return 130  # 128 + SIGINT, as a shell reports it
+    except (ArchiveError, ConfigError) as err:
+        print(f"error: {redact(err)}", file=sys.stderr)
+        # 75 (EX_TEMPFAIL): every mirror failed for a network reason, so the flow's download task retries;
+        # anything else (bad params, md5, hostile archive) is deterministic and fails at once.
+        return EXIT_NETWORK if isinstance(err, DownloadError) and err.transient else 2
     for a in summary["archives"]:
         extracted = f"extracted {a['members']} members" if a["extracted"] else "already extracted"
-        print(f"{a['name']}: {a['action']} {a['path']} ({a['bytes']} bytes, from {a['source']}); {extracted}")
+        print(f"{a['name']}: {a['action']} {a['path']} ({a['bytes']} bytes, from {redact(a['source'])}); {extracted}")
     return 0
+
+
+def _interrupted(raw_dir: Path) -> str:
+    """What an interrupted run kept, and how to go on."""
+    parts = sorted(raw_dir.glob("*.part")) if raw_dir.is_dir() else []
+    done = sorted(p.name for p in raw_dir.iterdir() if p.is_file() and p.suffix not in (".part", ".invalid")) \
+        if raw_dir.is_dir() else []
+    lines = ["interrupted."]
+    lines += [f"  kept the partial download {p} ({p.stat().st_size} bytes): the next run resumes it" for p in parts]
+    if done:
+        lines.append(f"  kept the verified archives in {raw_dir}: {', '.join(done)}")
+    lines.append("  any extraction in progress was rolled back (its staging folder removed) and is redone next time.")
+    lines.append("  Run the download stage again to continue.")
+    return "\n".join(lines)
 
 
 class _Bar:

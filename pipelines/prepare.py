@@ -400,4 +400,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipelines.cli import run_main  # Ctrl-C: a short message and exit 130, not a traceback
+
+    raise SystemExit(run_main(main, prog="yolov1 prepare"))

@@ -8,7 +8,11 @@ and dirty flag, DVC hash of the prepared data, Prefect flow run id) and the mode
 
 The tracking store is checked before training starts, so a dead server fails the stage in seconds, not after
 hours. A killed run resumes from ``train.checkpoint_dir`` (``train.resume: auto``) into the same MLflow run.
-Under ``torchrun --nproc-per-node=N -m pipelines.train`` every rank trains; rank 0 alone tracks and writes.
+
+Processes: ``train.gpus`` ("auto": every visible GPU; N: N processes, gloo ones on CPU) > 1 makes this command
+start that many copies of itself (torch's elastic launcher, as ``torchrun --standalone`` would), so `dvc repro`,
+the Prefect flow and ``make run`` all use every GPU; rank 0 alone tracks and writes the outputs, and the command
+exits non-zero when any rank fails. Under an outside launcher (WORLD_SIZE set) it is one rank and launches nothing.
 """
 
 from __future__ import annotations
@@ -56,8 +60,10 @@ def _val_fn(params: Params, val_set):
 
     def validate(model, epoch: int) -> dict[str, float]:
         device = next(model.parameters()).device
+        # Decoding JPEGs in loader workers: the training loop waits for validation, so it should not wait for
+        # one process to read the images. The workers are started per validation and gone after it.
         result = evaluate(model, val_set, model_cfg=params.model, eval_cfg=params.eval, device=device,
-                          limit=params.train.val_images)
+                          limit=params.train.val_images, num_workers=params.train.num_workers)
         return {"map_voc07": result.voc07.map, "map_area": result.area.map}
 
     return validate if params.train.val_every > 0 else None
@@ -119,7 +125,8 @@ def run(params: Params, *, track: bool = True) -> dict:
     try:
         result = train(params.model, params.train, train_set, checkpoint_dir=checkpoint_dir,
                        callbacks=history if rank == 0 else None, val_fn=_val_fn(params, val_set),
-                       collate_fn=collate_train, worker_init_fn=worker_init_fn, hash_extra={"classes": list(params.data.classes)})
+                       collate_fn=collate_train, worker_init_fn=worker_init_fn,
+                       hash_extra={"classes": list(params.data.classes)}, classes=list(params.data.classes))
     except BaseException:
         if active is not None:
             import mlflow
@@ -130,9 +137,11 @@ def run(params: Params, *, track: bool = True) -> dict:
         return {}
     meta = {"steps": result.steps, "epochs": result.epochs, "wall_time_s": round(result.wall_time_s, 2),
             "images_per_second": round(result.images_per_second, 2), "params_hash": result.params_hash,
-            "device": str(device), "final_metrics": {k: float(v) for k, v in result.final_metrics.items()}}
+            "device": str(device), "final_metrics": {k: float(v) for k, v in result.final_metrics.items()},
+            "processes": _world(), "best": _best(result.best)}
     save_weights(WEIGHTS, result.model, params.model, list(params.data.classes),
-                 extra={"params_hash": result.params_hash, "steps": result.steps, "epochs": result.epochs})
+                 extra={"params_hash": result.params_hash, "steps": result.steps, "epochs": result.epochs},
+                 inference=_inference_settings(params))  # self-describing: predict needs no params file
     history.write_csv(LOSS_CSV)
     if history.rows:
         from yolov1.plots import plot_loss_curves
@@ -148,6 +157,48 @@ def run(params: Params, *, track: bool = True) -> dict:
     return meta
 
 
+def _world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _best(best: dict | None) -> dict | None:
+    """best.pt's metric, value and epoch (JSON-able), or None when validation never ran."""
+    if best is None:
+        return None
+    return {"path": str(best["path"]), "metric": best["metric"], "value": float(best["value"]),
+            "epoch": int(best["epoch"])}
+
+
+def _launch_workers(params: Params, argv: list[str], track: bool) -> int | None:
+    """Start ``train.gpus`` copies of this command when that is more than one and no launcher started us; their
+    exit status (0, or the first failing rank's), or None to train in this process."""
+    from yolov1.distributed import LaunchFailed, launch, world_size_for
+
+    if "WORLD_SIZE" in os.environ:
+        return None
+    nprocs = world_size_for(params.train.gpus, params.train.device)
+    if nprocs <= 1:
+        return None
+    if track:  # fail fast here, before N processes start
+        from pipelines.tracking import configure
+
+        configure(params.tracking)
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.WARNING)
+    try:
+        launch(nprocs, ["-m", "pipelines.train", *argv])
+    except LaunchFailed as err:
+        print(f"yolov1 train: error: {err}", file=sys.stderr)
+        return err.exitcode
+    return 0
+
+
+def _inference_settings(params: Params) -> dict:
+    """The thresholds and image limit stored in the weights file (see `yolov1.predict.InferenceSettings`)."""
+    from yolov1.predict import InferenceSettings
+
+    return InferenceSettings.from_params(params.eval, params.serve).to_dict()
+
+
 def _start_run(params: Params, experiment_id: str, checkpoint_dir: Path, device: torch.device):
     import mlflow
 
@@ -161,7 +212,9 @@ def _start_run(params: Params, experiment_id: str, checkpoint_dir: Path, device:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     run_file.write_text(active.info.run_id)
     if resume_id is None:
-        mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else v
+        from yolov1.redact import redact  # tracking.uri or a path may carry credentials: never log them
+
+        mlflow.log_params({k: redact(json.dumps(v)) if isinstance(v, list) else redact(v) if isinstance(v, str) else v
                            for k, v in flatten(params).items() if not k.startswith("data.archives")})
     mlflow.set_tags({**lineage_tags(Path(params.data.root) / "prepared"), **system_tags(str(device))})
     return active
@@ -194,10 +247,15 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
     parser.add_argument("--no-track", action="store_true", help="do not log to MLflow (no model is logged)")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if _rank() == 0 else logging.WARNING, format="%(message)s")
     try:
-        meta = run(load_params(args.params), track=not args.no_track)
+        params = load_params(args.params)
+        launched = _launch_workers(params, argv, track=not args.no_track)
+        if launched is not None:
+            return launched
+        meta = run(params, track=not args.no_track)
     except (FileNotFoundError, ValueError, TrackingUnavailable) as err:
         print(f"yolov1 train: error: {err}", file=sys.stderr)
         return 2
@@ -214,4 +272,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from pipelines.cli import run_main  # Ctrl-C: a short message and exit 130, not a traceback
+
+    raise SystemExit(run_main(main, prog="yolov1 train"))

@@ -47,5 +47,5 @@ def prefect_api():
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    with prefect_test_harness(server_startup_timeout=180):  # 60 s was missed on a loaded 2-core machine
         yield PREFECT_API_URL.value()

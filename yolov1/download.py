@@ -2,27 +2,37 @@
 
 A file appears under its final name only once its size and md5 verified (it grows as ``<name>.part`` and is
 ``os.replace``d into place); an extraction is trusted only once its marker file, written last, names the md5.
+Archives may hold only regular files and folders, are checked whole before anything is written, and are unpacked
+into a staging folder that is then moved into place. Mirror URLs are redacted (`yolov1.redact`) wherever shown.
 """
 
 from __future__ import annotations
 
+import base64
+import errno
+import gzip
 import hashlib
 import http.client
 import json
 import logging
+import lzma
 import os
+import secrets
+import shutil
 import socket
 import ssl
 import tarfile
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 from yolov1.config import ArchiveConfig
+from yolov1.redact import redact, redact_url
 
 __all__ = [
     "ArchiveError", "DownloadError", "UnsafeArchiveError", "FetchResult",
@@ -32,6 +42,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int | None], None]  # (bytes on disk, total bytes or None when unknown)
+MAX_MEMBERS = 250_000  # members per archive; VOC2012 trainval, the largest, has about 40,000
+MAX_BYTES = 16 << 30  # bytes of file contents per archive; VOC2012 trainval unpacks to about 2 GB
 _CHUNK = 1 << 20
 _FILTER_ERRORS: tuple[type[Exception], ...] = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
 
@@ -41,11 +53,20 @@ class ArchiveError(Exception):
 
 
 class DownloadError(ArchiveError):
-    """Every source of an archive failed; the message lists each source tried, why, and how to supply a copy."""
+    """Every source of an archive failed; the message lists each source tried, why, and how to supply a copy.
+
+    `transient` is True when every mirror failed for a network reason (refused, timeout, dropped, HTTP 5xx/408/429):
+    a later try may succeed. A 404, md5 mismatch or missing file will not fix itself, so it is False.
+    """
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 class UnsafeArchiveError(ArchiveError):
-    """A tar member that would land outside the destination or is not a plain file/dir/link; names the member."""
+    """An archive refused before anything was written: a member that is not a plain file or folder (names it), a
+    path outside the destination, or more members or bytes than the caps allow."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +98,8 @@ def fetch_archive_result(archive: ArchiveConfig, raw_dir: Path, *, progress: Pro
                          timeout: float = 30.0, retries_per_mirror: int = 5) -> FetchResult:
     """Find or download `archive` and verify its size (when known) and md5.
 
-    Order: ``archive.local`` (used in place, never copied or modified; a relative path is relative to the working
-    directory), then ``raw_dir/filename`` (skipped when it verifies), then each mirror in turn. A mirror is an
+    `raw_dir` is created in every case (it is the download stage's declared output). Order: ``archive.local``
+    (used in place, never copied or modified; a relative path is relative to the working directory), then ``raw_dir/filename`` (skipped when it verifies), then each mirror in turn. A mirror is an
     http(s):// or file:// URL or a plain path. Downloads grow ``raw_dir/filename.part``, resume with HTTP Range
     requests, and retry the same mirror up to `retries_per_mirror` times while a dropped connection still made
     progress. `progress(bytes_on_disk, total_or_None)` is called as bytes arrive; `timeout` (seconds) applies
@@ -89,38 +110,49 @@ def fetch_archive_result(archive: ArchiveConfig, raw_dir: Path, *, progress: Pro
     raw_dir = Path(raw_dir)
     expected = archive.md5.lower()
     failures: list[str] = []
+    raw_dir.mkdir(parents=True, exist_ok=True)  # even when `local` is used: raw_dir is the stage's declared output
     found = _find_existing(archive, raw_dir, failures)
     if found is not None:
         return found
     final = raw_dir / archive.filename
-    raw_dir.mkdir(parents=True, exist_ok=True)
     part = _Part(final.with_name(final.name + ".part"))
     if archive.size is not None and part.size >= archive.size:  # left complete (or overlong) by an earlier run
         if part.size == archive.size and part.hexdigest() == expected:
             os.replace(part.path, final)
             return FetchResult(final, expected, archive.size, str(part.path), "downloaded")
         part.delete()
+    transient = bool(archive.mirrors) and not failures  # a bad `local` file is not a network failure
     for url in archive.mirrors:
-        log.info("%s: trying %s", archive.name, url)
+        log.info("%s: trying %s", archive.name, _shown(url))
         try:
             _fetch_from(url, part, archive, progress, timeout, retries_per_mirror)
         except _SourceFailed as err:
-            failures.append(f"{url}: {err}")
+            transient = transient and err.transient
+            failures.append(redact(f"{_shown(url)}: {err}"))  # a reason may quote a URL (a redirect's)
             log.warning("%s: %s", archive.name, failures[-1])
             continue
         os.replace(part.path, final)  # only now does the file look complete
-        return FetchResult(final, expected, final.stat().st_size, url, "downloaded")
-    raise DownloadError(_failure_message(archive, raw_dir, failures, part))
+        return FetchResult(final, expected, final.stat().st_size, _shown(url), "downloaded")
+    raise DownloadError(_failure_message(archive, raw_dir, failures, part), transient=transient)
 
 
-def safe_extract(tar_path: Path, dest_dir: Path, *, md5: str | None = None) -> list[str]:
+def safe_extract(tar_path: Path, dest_dir: Path, *, md5: str | None = None, max_members: int = MAX_MEMBERS,
+                 max_bytes: int = MAX_BYTES) -> list[str]:
     """Extract a tarball (any compression `tarfile` reads) into `dest_dir`; returns its member names in order.
 
-    Every member is checked first: absolute paths, ``..`` components, links resolving outside `dest_dir` and
-    device/FIFO files raise `UnsafeArchiveError` naming the member, and nothing is written. Extraction also uses
-    tarfile's ``"data"`` filter where Python has it. The marker ``dest_dir/.<tar name>.extracted`` (the
-    archive's md5 and member names) is written last, so a killed extraction is redone, and a matching marker
-    skips the work. `md5` is the archive's already verified md5 (computed when None).
+    Only regular files and folders are accepted, which is all the VOC archives hold. Before anything is written,
+    every member is checked: a symlink, hard link, device, FIFO, sparse or other special member, an absolute path
+    or a ``..`` component raises `UnsafeArchiveError` naming the member, as do more than `max_members` members
+    or more than `max_bytes` bytes of contents (a tar bomb); too little free disk space raises `ArchiveError`.
+    The archive is then unpacked into a new staging folder beside `dest_dir` (``.<name>.staging-<pid>-<random>``)
+    and moved into place: renamed as a whole when `dest_dir` does not exist, else merged in (folders new to
+    `dest_dir` renamed in whole, files replacing same-named files), so archives that share a tree (the three VOC
+    archives all hold ``VOCdevkit/``) combine as they do when untarred by hand; conflicts (a file where a folder
+    is, a symlink in `dest_dir`) are found before anything moves. On any failure or interrupt the staging folder
+    is removed; staging folders of dead processes are removed on the next call. The marker
+    ``dest_dir/.<tar name>.extracted`` (the archive's md5 and member names) is written last, so a killed
+    extraction is redone and a matching marker skips the work. `md5` is the archive's verified md5 (computed
+    when None).
     """
     tar_path, dest_dir = Path(tar_path), Path(dest_dir)
     digest = (md5 or md5sum(tar_path)).lower()
@@ -130,22 +162,30 @@ def safe_extract(tar_path: Path, dest_dir: Path, *, md5: str | None = None) -> l
         log.info("%s: already extracted into %s", tar_path.name, dest_dir)
         return names
     marker.unlink(missing_ok=True)
-    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_dead_staging(dest_dir)
     try:
         with tarfile.open(tar_path, "r:*") as tar:
-            members = tar.getmembers()
-            for member in members:
-                why = _unsafe_reason(member)
-                if why:
-                    raise UnsafeArchiveError(f"{tar_path}: refusing member {member.name!r}: {why}")
-            extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(dest_dir, members=members, **extra)
+            members = _checked_members(tar, tar_path, max_members, max_bytes)
+            _check_free_space(tar_path, dest_dir.parent, sum(m.size for m in members))
+            staging = dest_dir.with_name(f".{dest_dir.name}.staging-{os.getpid()}-{secrets.token_hex(4)}")
+            staging.mkdir()  # mode from the umask, unlike mkdtemp's 0700: it may become dest_dir itself
+            try:
+                extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                tar.extractall(staging, members=members, **extra)  # only files and folders get this far
+                _move_into_place(staging, dest_dir)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
     except _FILTER_ERRORS as err:
         raise UnsafeArchiveError(f"{tar_path}: refusing member {err.tarinfo.name!r}: {err}") from None
-    except (tarfile.TarError, EOFError) as err:
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as err:
         raise ArchiveError(f"{tar_path}: not a readable tar archive ({err})") from None
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        raise ArchiveError(f"no space left on device while extracting {tar_path} beside {dest_dir}") from None
     names = [m.name for m in members]
-    tmp = marker.with_name(marker.name + ".tmp")
+    tmp = marker.with_name(f"{marker.name}.{secrets.token_hex(4)}.tmp")
     tmp.write_text(json.dumps({"archive": tar_path.name, "md5": digest, "members": names}))
     os.replace(tmp, marker)
     log.info("%s: extracted %d members into %s", tar_path.name, len(names), dest_dir)
@@ -159,6 +199,10 @@ def is_extracted(tar_path: Path, dest_dir: Path, md5: str) -> bool:
 
 class _SourceFailed(Exception):
     """This source cannot provide the archive; the message is the reason shown to the user."""
+
+    def __init__(self, reason: str, transient: bool = False):
+        super().__init__(reason)
+        self.transient = transient  # a network failure that a later try may not meet
 
 
 class _Dropped(Exception):
@@ -256,9 +300,9 @@ def _fetch_from(url: str, part: _Part, archive: ArchiveConfig, progress: Progres
             _transfer(url, part, archive.size, progress, timeout)
         except _Dropped as err:
             if err.progressed and attempt <= retries:
-                log.info("%s: %s; resuming from byte %d", url, err, part.size)
+                log.info("%s: %s; resuming from byte %d", _shown(url), err, part.size)
                 continue
-            raise _SourceFailed(f"{err} (attempt {attempt}, giving up on this mirror)") from None
+            raise _SourceFailed(f"{err} (attempt {attempt}, giving up on this mirror)", transient=True) from None
         except _RangeNotSatisfiable:
             if part.hexdigest() != expected:  # the .part is bogus: start this mirror again from byte 0
                 part.delete()
@@ -280,7 +324,7 @@ def _transfer(url: str, part: _Part, size: int | None, progress: Progress | None
         if total is not None and size is not None and total != size:  # before discarding anything
             raise _SourceFailed(f"source has {total} bytes, expected {size}")
         if start != offset:
-            log.info("%s: source restarts at byte %d, discarding %d resumed bytes", url, start, offset)
+            log.info("%s: source restarts at byte %d, discarding %d resumed bytes", _shown(url), start, offset)
             part.truncate()
         end = total if total is not None else size
         before = part.size
@@ -311,7 +355,10 @@ def _transfer(url: str, part: _Part, size: int | None, progress: Progress | None
 
 def _open_source(url: str, offset: int, timeout: float) -> tuple[BinaryIO, int, int | None]:
     """Open `url` at byte `offset`: (stream, byte the stream starts at (offset or 0), total size or None)."""
-    scheme = urlparse(url).scheme.lower()
+    try:
+        scheme = urlparse(url).scheme.lower()
+    except ValueError as err:  # e.g. an unclosed IPv6 bracket
+        raise _SourceFailed(f"malformed URL ({err})") from None
     if scheme in ("http", "https"):
         return _open_http(url, offset, timeout)
     if scheme == "file" or len(scheme) <= 1:  # "" for a plain path, "c" for a Windows drive letter
@@ -334,14 +381,18 @@ def _open_http(url: str, offset: int, timeout: float) -> tuple[BinaryIO, int, in
     if offset:
         headers["Range"] = f"bytes={offset}-"
     try:
-        resp = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+        request = _request_with_auth(url, headers)
+        resp = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:
         err.close()
         if err.code == 416 and offset:
             raise _RangeNotSatisfiable() from None
-        raise _SourceFailed(f"HTTP {err.code} {err.reason}") from None
+        transient = err.code >= 500 or err.code in (408, 429)  # the server may recover; a 404 will not
+        raise _SourceFailed(f"HTTP {err.code} {err.reason}", transient=transient) from None
+    except ValueError as err:  # urllib's "unknown url type", a bad port or IPv6 literal: may quote the URL
+        raise _SourceFailed(f"not a usable URL ({redact(err)})") from None
     except (urllib.error.URLError, OSError) as err:
-        raise _SourceFailed(_describe(err, timeout)) from None
+        raise _SourceFailed(_describe(err, timeout), transient=True) from None
     length = resp.headers.get("Content-Length")
     if resp.status == 206:
         unit_range, _, total_text = resp.headers.get("Content-Range", "").partition("/")
@@ -351,6 +402,32 @@ def _open_http(url: str, offset: int, timeout: float) -> tuple[BinaryIO, int, in
             raise _SourceFailed(f"asked for bytes {offset}- but got Content-Range {unit_range!r}")
         return resp, offset, int(total_text) if total_text.strip().isdigit() else None
     return resp, 0, int(length) if length and length.isdigit() else None  # 200: the whole file
+
+
+def _shown(url: str) -> str:
+    """`url` as it may be logged or stored: credentials masked; a URL too malformed to parse is not shown at all."""
+    try:
+        urlsplit(url)
+    except ValueError:
+        return f"<malformed URL, not shown ({len(url)} characters)>"
+    return redact_url(url)
+
+
+def _request_with_auth(url: str, headers: dict[str, str]) -> urllib.request.Request:
+    """A request for `url`; credentials in it (``https://user:password@host/...``) become HTTP Basic auth.
+
+    urllib would otherwise take ``user:password@host`` for the host name. The header is "unredirected", so a
+    redirect to another host never receives it.
+    """
+    parts = urlsplit(url)
+    if parts.username is None:
+        return urllib.request.Request(url, headers=headers)
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    request = urllib.request.Request(urlunsplit(parts._replace(netloc=netloc)), headers=headers)
+    userpass = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+    request.add_unredirected_header("Authorization", "Basic " + base64.b64encode(userpass).decode("ascii"))
+    return request
 
 
 def _describe(err: BaseException, timeout: float) -> str:
@@ -389,33 +466,97 @@ def _read_marker(marker: Path, md5: str) -> list[str] | None:
     return list(data["members"]) if isinstance(data, dict) and data.get("md5") == md5 else None
 
 
+def _checked_members(tar: tarfile.TarFile, tar_path: Path, max_members: int,
+                     max_bytes: int) -> list[tarfile.TarInfo]:
+    """Every member of `tar`, read to the end once; raises `UnsafeArchiveError` at the first one refused."""
+    members, total = [], 0
+    for member in tar:
+        if len(members) == max_members:
+            raise UnsafeArchiveError(f"{tar_path}: more than {max_members} members (max_members): refusing a "
+                                     "possible tar bomb; no VOC archive has that many")
+        why = _unsafe_reason(member)
+        if why:
+            raise UnsafeArchiveError(f"{tar_path}: refusing member {member.name!r}: {why}")
+        total += member.size if member.isfile() else 0
+        if total > max_bytes:
+            raise UnsafeArchiveError(f"{tar_path}: members hold more than {max_bytes} bytes (max_bytes), reached "
+                                     f"at {member.name!r}: refusing a possible tar bomb")
+        members.append(member)
+    return members
+
+
 def _unsafe_reason(member: tarfile.TarInfo) -> str | None:
-    """Why extracting `member` could write outside the destination (or create a device), else None."""
+    """Why `member` is refused, else None: only plain files and folders at relative, non-climbing paths pass."""
     path = PurePosixPath(member.name)
     if path.is_absolute() or member.name.startswith("\\"):
         return "absolute path"
-    if ".." in path.parts:
+    if ".." in path.parts or ".." in member.name.split("\\"):
         return "'..' path component"
-    if member.ischr() or member.isblk() or member.isfifo():
-        return "device or FIFO file"
     if member.issym():
-        target = PurePosixPath(member.linkname)
-        if target.is_absolute() or _escapes(path.parent / target):
-            return f"symlink to {member.linkname!r} points outside the destination"
-    elif member.islnk():
-        target = PurePosixPath(member.linkname)
-        if target.is_absolute() or _escapes(target):
-            return f"hard link to {member.linkname!r} points outside the destination"
-    elif not (member.isfile() or member.isdir()):
-        return f"unsupported member type {member.type!r}"
+        return f"symlink (to {member.linkname!r}); archives may hold only files and folders"
+    if member.islnk():
+        return f"hard link (to {member.linkname!r}); archives may hold only files and folders"
+    if member.ischr() or member.isblk() or member.isfifo():
+        return "device or FIFO file; archives may hold only files and folders"
+    if member.issparse():
+        return "sparse file; archives may hold only plain files and folders"
+    if not (member.isfile() or member.isdir()):
+        return f"unsupported member type {member.type!r}; archives may hold only files and folders"
     return None
 
 
-def _escapes(path: PurePosixPath) -> bool:
-    """True when a relative path climbs above its starting directory at any point."""
-    depth = 0
-    for part in path.parts:
-        depth += -1 if part == ".." else 0 if part == "." else 1
-        if depth < 0:
-            return True
-    return False
+def _check_free_space(tar_path: Path, where: Path, needed: int) -> None:
+    free = shutil.disk_usage(where).free
+    if needed > free:
+        raise ArchiveError(f"no space left on device: {tar_path} unpacks to {needed} bytes but {where} has "
+                           f"{free} bytes free")
+
+
+def _remove_dead_staging(dest_dir: Path) -> None:
+    """Remove staging folders of `dest_dir` left by killed processes (the pid in their name no longer runs)."""
+    for stale in dest_dir.parent.glob(f".{dest_dir.name}.staging-*"):
+        pid = stale.name.rsplit(".staging-", 1)[1].partition("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            log.info("removing %s, left by a killed extraction", stale)
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _move_into_place(staging: Path, dest_dir: Path) -> None:
+    """Rename `staging` to `dest_dir`, or merge it into an existing `dest_dir` (all conflicts checked first)."""
+    if not dest_dir.exists() and not dest_dir.is_symlink():
+        os.rename(staging, dest_dir)
+        return
+    moves = _merge_plan(staging, dest_dir)
+    for source, target in moves:
+        os.replace(source, target)
+
+
+def _merge_plan(source: Path, target: Path) -> list[tuple[Path, Path]]:
+    """(from, to) renames that merge folder `source` into folder `target`; raises `ArchiveError` on a conflict."""
+    if target.is_symlink() or not target.is_dir():
+        raise ArchiveError(f"cannot extract into {target}: it is {'a symlink' if target.is_symlink() else 'a file'}, "
+                           "not a folder; move it away and run again")
+    moves = []
+    for entry in sorted(os.scandir(source), key=lambda e: e.name):
+        dest = target / entry.name
+        if entry.is_dir(follow_symlinks=False):
+            if dest.exists() or dest.is_symlink():
+                moves += _merge_plan(Path(entry.path), dest)
+            else:
+                moves.append((Path(entry.path), dest))  # a whole new folder: one rename
+        elif dest.is_symlink() or dest.is_dir():
+            raise ArchiveError(f"cannot extract {entry.name!r} to {dest}: a {'symlink' if dest.is_symlink() else 'folder'} "
+                               "is in the way; move it away and run again")
+        else:
+            moves.append((Path(entry.path), dest))
+    return moves
