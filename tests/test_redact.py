@@ -16,7 +16,8 @@ SECRET = "S3cr3t-planted"
         (f"https://h/f.tar?X-Amz-Signature={SECRET}&v=1", f"https://h/f.tar?X-Amz-Signature={MASK}&v=1"),
         (f"https://h/f.tar?access_token={SECRET}", f"https://h/f.tar?access_token={MASK}"),
         (f"https://h/f.tar?sig={SECRET}&se=2026", f"https://h/f.tar?sig={MASK}&se=2026"),
-        ("https://h/f.tar?page=2&sort=a%20b", "https://h/f.tar?page=2&sort=a%20b"),  # nothing secret: byte-identical
+        ("https://h/f.tar?page=2&sort=a%20b", "https://h/f.tar?page=2&sort=a%20b"),
+        ("sqlite:///mlflow.db", "sqlite:///mlflow.db"),  # urlunsplit alone would drop the empty authority  # nothing secret: byte-identical
         ("http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtest_06-Nov-2007.tar",
          "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtest_06-Nov-2007.tar"),
     ],

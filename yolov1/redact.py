@@ -35,6 +35,8 @@ def redact_url(url: str) -> str:
         netloc = f"{user}:{MASK}@{host}" if sep else f"{MASK}@{host}"
     # Rewrite only the secret values; every other byte of the query stays as it was.
     query = "&".join(_redact_pair(pair) for pair in parts.query.split("&")) if parts.query else ""
+    if netloc == parts.netloc and query == parts.query:
+        return url  # nothing secret: unchanged (urlunsplit would turn sqlite:///x.db into sqlite:/x.db)
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
