@@ -2,6 +2,8 @@
 into <data.root>/extracted (so VOC lands at <data.root>/extracted/VOCdevkit/VOC2007/...).
 
 Run: python -m pipelines.download [--params params.yaml]
+Exit status: 0 done; 2 a problem to fix (params, md5, a hostile archive); 75 every mirror failed for a network
+reason (worth retrying); 130 interrupted (Ctrl-C), after saying which partial download was kept for resuming.
 """
 
 from __future__ import annotations
