@@ -67,7 +67,12 @@ def build_tarball(served: Path, spec: dict) -> tuple[str, int]:
     for key in ("object_size", "difficult_size"):
         kwargs[key] = tuple(kwargs[key])
     print(f"generating {spec['num_trainval']} + {spec['num_test']} VOC-format images -> {tar_path}", flush=True)
-    _, md5, size = generate_voc_tarball(tar_path, **kwargs)
+    from tqdm import tqdm
+
+    with tqdm(total=spec["num_trainval"] + spec["num_test"], desc="generate", unit="image", dynamic_ncols=True,
+              disable=None) as bar:  # disable=None: no bar when stderr is not a terminal (CI logs, Prefect)
+        _, md5, size = generate_voc_tarball(tar_path, workers=min(4, os.cpu_count() or 1),
+                                            progress=lambda done, _total: bar.update(done - bar.n), **kwargs)
     stamp.write_text(wanted)
     return md5, size
 
