@@ -135,3 +135,64 @@ def test_train_then_evaluate_stage_outputs(prepared, tmp_path: Path):
         with Image.open(p) as img:
             assert (detections[str(p)]["width"], detections[str(p)]["height"]) == img.size
     assert predict_stage.main(["missing.jpg", "--model", "models/yolov1.pt"]) == 2  # a message, not a traceback
+
+
+def _stage(tmp_path: Path, raw: dict, *args: str, timeout: float = 600):
+    """`python -m pipelines.train --params <raw> --no-track ...` in tmp_path, as dvc.yaml runs it."""
+    import os
+    import subprocess
+    import sys
+
+    params = tmp_path / "params-stage.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return subprocess.run([sys.executable, "-m", "pipelines.train", "--params", str(params), "--no-track", *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_train_stage_starts_two_gloo_ranks_itself(prepared, tmp_path: Path):
+    raw = _raw_params()
+    # train.gpus 2 on CPU: the stage launches two gloo processes; global batch 4 = 2 ranks x 2 micro-batches of 1,
+    # so the 12 images still make 3 optimizer steps.
+    raw["train"].update(gpus=2, batch_size=4, grad_accumulation=2, num_workers=1, val_every=1)
+    proc = _stage(tmp_path, raw)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    meta = json.loads((tmp_path / "models" / "yolov1.json").read_text())
+    assert meta["processes"] == 2 and meta["steps"] == 3 and meta["epochs"] == 1
+    # rank 0 alone wrote the outputs; both ranks ended with identical parameters (checked by the library at the
+    # end of training: a divergence fails the run)
+    assert "the 2 replicas hold identical parameters" in proc.stderr
+    model, _, classes = load_weights(tmp_path / "models" / "yolov1.pt")
+    assert classes == CLASSES
+    assert [r[0] for r in csv.reader((tmp_path / "reports" / "train_loss.csv").open())] == ["step", "1", "2", "3"]
+    assert meta["best"]["metric"] == "map_voc07" and meta["best"]["epoch"] == 1
+    best = load_weights(tmp_path / meta["best"]["path"])[0]  # best.pt is a weights file
+    for (name, a), b in zip(model.state_dict().items(), best.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # one epoch: the best weights are the final ones
+
+
+@pytest.mark.slow
+def test_train_stage_exits_non_zero_when_the_ranks_fail(prepared, tmp_path: Path):
+    raw = _raw_params()
+    raw["train"].update(gpus=2, batch_size=6, grad_accumulation=2)  # 6 images over 2 ranks x 2 micro-batches
+    proc = _stage(tmp_path, raw)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    assert "train.batch_size: 6 is not divisible by 2 process(es) x train.grad_accumulation 2" in proc.stderr
+    assert "training process rank" in proc.stderr and "failed (exit code 2)" in proc.stderr
+    assert not (tmp_path / "models" / "yolov1.pt").exists()
+
+
+def test_train_gpus_must_fit_the_machine(prepared, tmp_path: Path, monkeypatch, capsys):
+    from yolov1.distributed import world_size_for
+
+    assert world_size_for("auto", "cpu") == 1 and world_size_for(3, "cpu") == 3
+    with pytest.raises(ValueError, match="train.gpus"):
+        world_size_for(0, "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert world_size_for("auto", "cuda") == 2
+    with pytest.raises(ValueError, match="train.gpus: 4 processes asked for but only 2 CUDA device"):
+        world_size_for(4, "cuda")
