@@ -39,8 +39,8 @@ bench: $(STAMP)  ## the CPU benchmarks (figures go in the README)
 demo: $(STAMP)  ## the whole chain on generated VOC-format data, CPU, in demo/ (Prefect flow over DVC stages)
 	$(PY) -m pipelines.demo
 
-run: $(STAMP)  ## the chain on real PASCAL VOC with the paper profile (needs the VOC archives and a GPU)
-	$(PY) -m pipelines.preflight
+run: $(STAMP)  ## the chain on real PASCAL VOC with the paper profile (needs the VOC archives and a GPU; ALLOW_CPU=1: no GPU check)
+	$(PY) -m pipelines.preflight $(if $(filter 1 yes true,$(ALLOW_CPU)),--allow-cpu)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pipelines.flows --workspace .
 
 clean:  ## remove caches (keeps .venv, data and models)

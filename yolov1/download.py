@@ -36,7 +36,7 @@ from yolov1.redact import redact, redact_url
 
 __all__ = [
     "ArchiveError", "DownloadError", "UnsafeArchiveError", "FetchResult",
-    "fetch_archive", "fetch_archive_result", "safe_extract", "is_extracted", "md5sum",
+    "fetch_archive", "fetch_archive_result", "safe_extract", "is_extracted", "md5sum", "probe_source",
 ]
 
 log = logging.getLogger(__name__)
@@ -190,6 +190,39 @@ def safe_extract(tar_path: Path, dest_dir: Path, *, md5: str | None = None, max_
     os.replace(tmp, marker)
     log.info("%s: extracted %d members into %s", tar_path.name, len(names), dest_dir)
     return names
+
+
+def probe_source(url: str, *, timeout: float = 10.0) -> str | None:
+    """None when mirror `url` (any form `fetch_archive` takes) looks able to serve a file, else the reason, with
+    the URL as it may be shown (credentials masked). http(s): a HEAD request (a GET of byte 0 when the server
+    refuses HEAD), with credentials in the URL sent as Basic auth; file:// or a path: the file exists. Reads no
+    body; it cannot tell whether the bytes will verify."""
+    try:
+        scheme = urlparse(url).scheme.lower()
+    except ValueError:
+        return f"{_shown(url)}: malformed URL"
+    if scheme not in ("http", "https"):
+        try:
+            stream, _, _ = _open_source(url, 0, timeout)
+        except _SourceFailed as err:
+            return redact(f"{_shown(url)}: {err}")
+        stream.close()
+        return None
+    for method, extra in (("HEAD", {}), ("GET", {"Range": "bytes=0-0"})):
+        try:
+            request = _request_with_auth(url, {"User-Agent": "yolov1-download/1", **extra}, method=method)
+            with urllib.request.urlopen(request, timeout=timeout):
+                return None
+        except urllib.error.HTTPError as err:
+            err.close()
+            if err.code in (405, 501) and method == "HEAD":
+                continue
+            return f"{_shown(url)}: HTTP {err.code} {err.reason}"
+        except ValueError as err:
+            return redact(f"{_shown(url)}: not a usable URL ({err})")
+        except (urllib.error.URLError, OSError) as err:
+            return redact(f"{_shown(url)}: {_describe(err, timeout)}")
+    return f"{_shown(url)}: refuses HEAD and GET"
 
 
 def is_extracted(tar_path: Path, dest_dir: Path, md5: str) -> bool:
@@ -413,7 +446,7 @@ def _shown(url: str) -> str:
     return redact_url(url)
 
 
-def _request_with_auth(url: str, headers: dict[str, str]) -> urllib.request.Request:
+def _request_with_auth(url: str, headers: dict[str, str], method: str | None = None) -> urllib.request.Request:
     """A request for `url`; credentials in it (``https://user:password@host/...``) become HTTP Basic auth.
 
     urllib would otherwise take ``user:password@host`` for the host name. The header is "unredirected", so a
@@ -421,10 +454,10 @@ def _request_with_auth(url: str, headers: dict[str, str]) -> urllib.request.Requ
     """
     parts = urlsplit(url)
     if parts.username is None:
-        return urllib.request.Request(url, headers=headers)
+        return urllib.request.Request(url, headers=headers, method=method)
     host = parts.hostname or ""
     netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
-    request = urllib.request.Request(urlunsplit(parts._replace(netloc=netloc)), headers=headers)
+    request = urllib.request.Request(urlunsplit(parts._replace(netloc=netloc)), headers=headers, method=method)
     userpass = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
     request.add_unredirected_header("Authorization", "Basic " + base64.b64encode(userpass).decode("ascii"))
     return request
