@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 from torchvision.ops import batched_nms as tv_batched_nms
+from torchvision.ops import nms as tv_nms
 
+import yolov1.encode as encode_module
+from tests.sync_count import count_host_syncs
 from yolov1.encode import (
+    BatchDetections,
     Detections,
-    _greedy_nms_in_order,
+    _batched_nms_mask,
     cell_indices,
     decode,
+    decode_batch,
     encode,
     targets_to_predictions,
 )
@@ -415,36 +421,127 @@ def test_decode_rejects_wrong_channel_count():
 # ---------------------------------------------------------------- NMS
 
 
-def test_greedy_nms_in_order_matches_torchvision_on_random_groups():
+def _nms_keep_indices(xyxy, scores, groups, iou):
+    """`_batched_nms_mask` as torchvision reports it: kept indices by score descending."""
+    kept = _batched_nms_mask(xyxy, scores, groups, iou).nonzero().flatten()
+    return kept[torch.argsort(scores[kept], descending=True, stable=True)]
+
+
+@pytest.mark.parametrize("chunk", [256, 7, None])  # the CPU default, tiny calls, one call (the GPU path)
+def test_batched_nms_mask_matches_torchvision_on_random_groups(monkeypatch, chunk):
+    monkeypatch.setattr(encode_module, "_CPU_NMS_CHUNK", chunk)
+    g = torch.Generator().manual_seed(3)
     for trial in range(20):
-        k = int(torch.randint(0, 300, ()))
-        xy = torch.rand(k, 2)
-        xyxy = torch.cat((xy, xy + torch.rand(k, 2) * 0.5 + 1e-3), dim=1)
-        scores = torch.rand(k)
-        groups = torch.randint(0, 1 + trial, (k,))
-        iou = float(torch.rand(())) * 0.8 + 0.1
-        order = torch.argsort(scores, descending=True)
-        keep = _greedy_nms_in_order(xyxy[order], groups[order], iou)
+        k = int(torch.randint(0, 600, (), generator=g))
+        xy = torch.rand(k, 2, generator=g)
+        xyxy = torch.cat((xy, xy + torch.rand(k, 2, generator=g) * 0.5 + 1e-3), dim=1)
+        scores = torch.rand(k, generator=g)
+        groups = torch.randint(0, 1 + 5 * trial, (k,), generator=g)
+        iou = float(torch.rand((), generator=g)) * 0.8 + 0.1
         want = tv_batched_nms(xyxy.double(), scores.double(), groups, iou)
-        assert torch.equal(order[keep], want)  # same boxes, same (score) order
+        assert torch.equal(_nms_keep_indices(xyxy, scores, groups, iou), want)
 
 
-def test_greedy_nms_in_order_suppression_chain():
-    # Unit squares a, b, c in priority order, shifted by 0.25 in x: IoU(a, b) = IoU(b, c) = 0.75 / 1.25 = 0.6,
+def test_batched_nms_mask_is_exact_with_many_groups_and_pixel_boxes():
+    # 5,000 groups of pixel boxes up to 500 wide: torchvision's float32 offsets (id * 501) reach 2.5e6, where a
+    # float32 step is 0.25 px; the integer float64 shift keeps every decision of a per-group float64 loop.
+    g = torch.Generator().manual_seed(4)
+    k = 4000
+    xy = torch.rand(k, 2, generator=g) * 400
+    xyxy = torch.cat((xy, xy + torch.rand(k, 2, generator=g) * 100 + 1), dim=1)
+    scores = torch.rand(k, generator=g)
+    groups = torch.randint(0, 5000, (k,), generator=g) * 2  # sparse ids: gaps must not matter
+    want = torch.zeros(k, dtype=torch.bool)
+    for group in groups.unique():
+        members = (groups == group).nonzero().flatten()
+        want[members[tv_nms(xyxy[members].double(), scores[members].double(), 0.3)]] = True
+    assert torch.equal(_batched_nms_mask(xyxy, scores, groups, 0.3), want)
+
+
+def test_batched_nms_mask_suppression_chain():
+    # Unit squares a, b, c by score, shifted by 0.25 in x: IoU(a, b) = IoU(b, c) = 0.75 / 1.25 = 0.6,
     # IoU(a, c) = 0.5 / 1.5 = 0.33. Greedy: a kept, b suppressed by a, c kept (b, its only overlap > 0.5, is
     # gone). A "suppressed by anything earlier" shortcut would wrongly drop c.
     xyxy = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.25, 0.0, 1.25, 1.0], [0.5, 0.0, 1.5, 1.0]])
-    keep = _greedy_nms_in_order(xyxy, torch.zeros(3, dtype=torch.int64), 0.5)
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    keep = _batched_nms_mask(xyxy, scores, torch.zeros(3, dtype=torch.int64), 0.5)
     assert keep.tolist() == [True, False, True]
     # In different groups nothing is suppressed.
-    assert _greedy_nms_in_order(xyxy, torch.arange(3), 0.5).all()
+    assert _batched_nms_mask(xyxy, scores, torch.arange(3), 0.5).all()
 
 
-def test_greedy_nms_in_order_suppresses_only_above_the_threshold():
+def test_batched_nms_mask_suppresses_only_above_the_threshold():
     # (0, 0, 1, 1) and (0, 0, 0.5, 1): inter 0.5, union 1 + 0.5 - 0.5 = 1 -> IoU exactly 0.5, as in torchvision
     # only IoU > threshold suppresses.
     xyxy = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.5, 1.0]])
+    scores = torch.tensor([0.9, 0.8])
     groups = torch.zeros(2, dtype=torch.int64)
-    assert _greedy_nms_in_order(xyxy, groups, 0.5).tolist() == [True, True]
-    assert _greedy_nms_in_order(xyxy, groups, 0.499).tolist() == [True, False]
-    assert _greedy_nms_in_order(torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64), 0.5).shape == (0,)
+    assert _batched_nms_mask(xyxy, scores, groups, 0.5).tolist() == [True, True]
+    assert _batched_nms_mask(xyxy, scores, groups, 0.499).tolist() == [True, False]
+    empty = _batched_nms_mask(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5)
+    assert empty.shape == (0,) and empty.dtype == torch.bool
+
+
+# ---------------------------------------------------------------- host syncs (GPU readiness)
+
+
+def _decode_syncs(preds: torch.Tensor, top: int) -> Counter:
+    with count_host_syncs() as counts:
+        decode_batch(preds, boxes_per_cell=2, num_classes=20, score_threshold=0.005, nms_iou_threshold=0.5,
+                     max_detections=top)
+    return counts
+
+
+def test_decode_batch_syncs_a_fixed_number_of_times_whatever_the_batch_size(monkeypatch):
+    # The device path (one NMS kernel call; CPU packs groups into several calls, where a sync costs nothing).
+    # Once: the most candidates of any image (.item()). Per round: the valid top-k candidates (nonzero), the NMS
+    # kernel, the kept detections (nonzero), the unfinished images (boolean mask). 5 syncs for 1 image or for
+    # 32 in one round. The previous decode made 22-24 here: a
+    # data-dependent loop (int(max()) and torch.equal per round), boolean-mask reads and writes, .tolist().
+    monkeypatch.setattr(encode_module, "_CPU_NMS_CHUNK", None)
+    one, many = _decode_syncs(random_predictions(1, 7, 2, 20), 100), _decode_syncs(random_predictions(32, 7, 2, 20), 100)
+    assert one == many
+    assert sum(one.values()) == 5, one
+    assert one["torchvision::nms"] == 1 and one["aten::_local_scalar_dense"] == 1
+
+
+def test_decode_batch_each_extra_round_adds_the_same_four_syncs(monkeypatch):
+    # Every predictor predicts the same box, so NMS leaves one detection per class (20) and max_detections = 30
+    # is never reached: the top k grows 37, 74, 148, 296, 592, 1184, 1960 (= S*S*B*C, every candidate):
+    # 7 rounds, 4 syncs each, plus 1 once, for 1 image or 8.
+    monkeypatch.setattr(encode_module, "_CPU_NMS_CHUNK", None)
+    preds = random_predictions(8, 7, 2, 20)
+    preds[..., 0:10:5] = 0.5 - torch.arange(7.0)[None, None, :, None]  # x: every centre at column 3.5 / 7
+    preds[..., 1:10:5] = 0.5 - torch.arange(7.0)[None, :, None, None]  # y: row 3.5 / 7
+    preds[..., 2:10:5] = preds[..., 3:10:5] = 0.5
+    preds[..., 4:10:5] = 0.5 + 0.5 * torch.rand(8, 7, 7, 2)
+    preds[..., 10:] = 0.05 + 0.9 * torch.rand(8, 7, 7, 20)  # every score >= 0.025 > 0.005
+    one, many = _decode_syncs(preds[:1], 30), _decode_syncs(preds, 30)
+    assert one == many
+    assert sum(one.values()) == 1 + 4 * 7, one
+
+
+def test_decode_batch_is_decode_flattened():
+    preds = random_predictions(5, 7, 2, 20)
+    preds[2, ..., 4:10:5] = 0.0  # image 2 has no candidate
+    kwargs = dict(boxes_per_cell=2, num_classes=20, score_threshold=0.01, nms_iou_threshold=0.5, max_detections=40)
+    flat = decode_batch(preds, **kwargs)
+    assert isinstance(flat, BatchDetections)
+    assert torch.all(flat.image_index[1:] >= flat.image_index[:-1]) and 2 not in flat.image_index.tolist()
+    for image, det in enumerate(decode(preds, **kwargs)):
+        mine = flat.image_index == image
+        for got, want in zip((flat.boxes_xyxy[mine], flat.scores[mine], flat.labels[mine]), det, strict=True):
+            assert torch.equal(got, want)
+
+
+def test_decode_restores_the_thread_count(monkeypatch):
+    before = torch.get_num_threads()
+    seen = []
+    real = encode_module._decode_batch
+    monkeypatch.setattr(encode_module, "_decode_batch", lambda *a: (seen.append(torch.get_num_threads()), real(*a))[1])
+    run_decode(random_predictions(2, 7, 2, 20), 2, 20)
+    assert seen == [encode_module._DECODE_CPU_THREADS or before] and torch.get_num_threads() == before
+    monkeypatch.setattr(encode_module, "_decode_batch", lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        run_decode(random_predictions(2, 7, 2, 20), 2, 20)
+    assert torch.get_num_threads() == before

@@ -21,21 +21,30 @@ Target of one image, (S, S, 5 + C); batched, (N, S, S, 5 + C):
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import nms as _tv_nms
 
-from yolov1.boxes import box_iou_aligned, cxcywh_to_xyxy
+from yolov1.boxes import cxcywh_to_xyxy
 
-__all__ = ["EncodedTarget", "Detections", "cell_indices", "encode", "decode", "targets_to_predictions"]
+__all__ = ["EncodedTarget", "Detections", "BatchDetections", "cell_indices", "encode", "decode", "decode_batch",
+           "targets_to_predictions"]
 
 logger = logging.getLogger(__name__)
 
 # decode's first pass runs NMS on each image's best max_detections * (1 + 1/4) candidates: the cost of NMS grows
 # with the square of that number, and images where suppression leaves fewer than max_detections are redone.
 _FIRST_TOP_K_SPARE = 4
+# Boxes per NMS kernel call on CPU (groups are packed up to about this many; benchmarks/bench_nms.py).
+_CPU_NMS_CHUNK = 256
+# Threads for decode on CPU (None: leave torch's setting alone); benchmarks/bench_decode.py compares 1 and 2.
+_DECODE_CPU_THREADS: int | None = 1
 
 
 class EncodedTarget(NamedTuple):
@@ -120,6 +129,17 @@ def targets_to_predictions(target: Tensor, boxes_per_cell: int) -> Tensor:
     return torch.cat((box, *([others] * (boxes_per_cell - 1)), batched[..., 5:]), dim=-1)
 
 
+class BatchDetections(NamedTuple):
+    """Detections of a whole batch, flat, image by image and by score descending within each image:
+    ``boxes_xyxy`` (D, 4) image-normalised float32, ``scores`` (D,) float32, ``labels`` (D,) int64 class
+    indices, ``image_index`` (D,) int64 position of each detection's image in the batch (non-decreasing)."""
+
+    boxes_xyxy: Tensor
+    scores: Tensor
+    labels: Tensor
+    image_index: Tensor
+
+
 @torch.no_grad()
 def decode(
     predictions: Tensor,
@@ -139,108 +159,142 @@ def decode(
     per image and class, suppressing IoU > ``nms_iou_threshold``; the best ``max_detections`` survivors of each
     image are returned. Any float dtype is accepted and computed in float32; outputs live on the input's device.
 
-    The whole batch is processed at once, with no loop over images, cells or boxes: the best candidates of each
-    image are taken by `torch.topk` and go through one vectorised NMS (the same result as torchvision's
-    ``batched_nms``, which loops over the N*C groups in Python once there are over 1000 boxes). The result is
-    exact: images whose top candidates leave fewer than ``max_detections`` survivors are redone with more.
+    `decode_batch` does the work; this splits its flat result by image, which costs one more host sync.
+    """
+    flat = decode_batch(predictions, boxes_per_cell=boxes_per_cell, num_classes=num_classes,
+                        score_threshold=score_threshold, nms_iou_threshold=nms_iou_threshold,
+                        max_detections=max_detections)
+    n = predictions.shape[0]
+    counts = torch.zeros(n, dtype=torch.int64, device=flat.image_index.device)
+    counts.index_add_(0, flat.image_index, torch.ones_like(flat.image_index))  # (N,) no sync, unlike bincount
+    parts = [t.split(counts.tolist()) for t in flat[:3]] if n else [[], [], []]
+    return [Detections(*p) for p in zip(*parts, strict=True)]
+
+
+@torch.no_grad()
+def decode_batch(
+    predictions: Tensor,
+    *,
+    boxes_per_cell: int,
+    num_classes: int,
+    score_threshold: float,
+    nms_iou_threshold: float,
+    max_detections: int,
+) -> BatchDetections:
+    """`decode` for a whole batch, returned flat (see `BatchDetections`) so that a caller can move it to the host
+    in one transfer. Same arguments, same detections as `decode`.
+
+    No loop over images, cells or boxes, and a fixed number of host syncs per call whatever N is: each image's
+    best max_detections * 5/4 candidates are taken by `torch.topk` and go through one batched NMS (image x class
+    groups); images whose top candidates leave fewer than ``max_detections`` survivors are redone with twice as
+    many (rarely needed; each such round adds the same few syncs), so the result is exact. On CPU the work runs on
+    one thread: these are many small ops, which extra threads slow down on a busy machine (benchmarks/bench_decode.py).
     """
     n, s = _check_predictions(predictions, boxes_per_cell, num_classes)
     if max_detections < 1:
         raise ValueError(f"max_detections must be >= 1, got {max_detections}")
-    if n == 0:
-        return []
-    preds = predictions.float()
+    with _cpu_threads(_DECODE_CPU_THREADS if predictions.device.type == "cpu" else None):
+        return _decode_batch(predictions.float(), n, s, boxes_per_cell, num_classes, score_threshold,
+                             nms_iou_threshold, max_detections)
+
+
+def _decode_batch(preds: Tensor, n: int, s: int, boxes_per_cell: int, num_classes: int, score_threshold: float,
+                  nms_iou_threshold: float, max_detections: int) -> BatchDetections:
+    device = preds.device
     boxes_xyxy = _predicted_boxes_xyxy(preds, boxes_per_cell)  # (N, P, 4)
     cells = preds[..., 5 * boxes_per_cell :].reshape(n, s * s, 1, num_classes)  # (N, S*S, 1, C)
     conf = preds[..., 4 : 5 * boxes_per_cell : 5].reshape(n, s * s, boxes_per_cell, 1)  # (N, S*S, B, 1)
-    scores = (conf * cells).reshape(n, -1)  # (N, P*C), flat index = predictor * C + class
+    scores = (conf * cells).reshape(n, s * s * boxes_per_cell * num_classes)  # (N, P*C): predictor * C + class
     candidate = scores > score_threshold  # (N, P*C); False for NaN
     scores.masked_fill_(~candidate, float("-inf"))  # NaN too, so that topk ranks every candidate first
     num_candidates = candidate.sum(dim=1)  # (N,)
 
-    results: list[Detections | None] = [None] * n
-    pending = torch.arange(n, device=preds.device)
-    top_k = min(scores.shape[1], max_detections + max_detections // _FIRST_TOP_K_SPARE)
+    found: list[tuple[Tensor, Tensor]] = []  # (image, flat candidate index) of kept detections, one per round
+    pending = torch.arange(n, device=device)
+    most = int(num_candidates.max()) if n else 0  # host sync 0, once: no round looks past the last candidate
+    top_k = min(most, max_detections + max_detections // _FIRST_TOP_K_SPARE)
     while pending.numel() > 0:
-        k = min(top_k, int(num_candidates[pending].max()))
-        pending_scores = scores if pending.numel() == n else scores[pending]  # (n', P*C)
-        top_scores, top_index = pending_scores.topk(k, dim=1)  # (n', k) each, by score descending
-        valid = top_scores > score_threshold  # (n', k)
-        rows = torch.arange(pending.numel(), device=preds.device)[:, None].expand_as(top_index)  # (n', k)
-        labels = top_index % num_classes  # (n', k)
-        keep = torch.zeros_like(valid)
-        keep[valid] = _greedy_nms_in_order(
-            boxes_xyxy[pending[:, None], top_index // num_classes][valid],
-            (rows * num_classes + labels)[valid],
-            nms_iou_threshold,
-        )
+        top_scores, top_index = scores[pending].topk(top_k, dim=1)  # (n', k) each, by score descending
+        row, col = (top_scores > score_threshold).nonzero(as_tuple=True)  # (V,) each; host sync 1
+        flat = top_index[row, col]  # (V,)
+        keep = torch.zeros_like(top_scores, dtype=torch.bool)  # (n', k)
+        keep[row, col] = _batched_nms_mask(boxes_xyxy[pending[row], flat // num_classes],
+                                           top_scores[row, col], row * num_classes + flat % num_classes,
+                                           nms_iou_threshold, coordinate_range=(0.0, 1.0))  # sync 2: NMS
         # Survival depends only on higher-scoring candidates, so the top survivors are final once there are
         # max_detections of them, or once every candidate of the image was among the top k.
-        done = (keep.sum(dim=1) >= max_detections) | (num_candidates[pending] <= k)  # (n',)
-        keep &= keep.cumsum(dim=1) <= max_detections
-        finished = done.nonzero().flatten()
-        _collect(results, pending[finished], keep[finished], top_scores[finished], top_index[finished],
-                 boxes_xyxy, num_classes)
-        pending = pending[~done]
+        done = (keep.sum(dim=1) >= max_detections) | (num_candidates[pending] <= top_k)  # (n',)
+        keep &= (keep.cumsum(dim=1) <= max_detections) & done[:, None]
+        row, col = keep.nonzero(as_tuple=True)  # host sync 3; row-major: image by image, score descending
+        found.append((pending[row], top_index[row, col]))
+        pending = pending[~done]  # host sync 4
         if pending.numel() > 0:
-            logger.debug("decode: %d image(s) need more than their top %d candidates", pending.numel(), k)
-        top_k = min(scores.shape[1], 2 * top_k)
-    return results  # type: ignore[return-value]
+            logger.debug("decode: %d image(s) need more than their top %d candidates", pending.numel(), top_k)
+        top_k = min(most, 2 * top_k)
+    if not found:  # N = 0
+        found.append((pending, pending))
+    image, flat = torch.cat([f[0] for f in found]), torch.cat([f[1] for f in found])  # (D,) each
+    if len(found) > 1:  # images finished in different rounds: restore image order, keeping score order within
+        order = torch.sort(image, stable=True).indices
+        image, flat = image[order], flat[order]
+    return BatchDetections(boxes_xyxy[image, flat // num_classes], scores[image, flat], flat % num_classes, image)
 
 
-def _collect(results: list, images: Tensor, keep: Tensor, top_scores: Tensor, top_index: Tensor,
-             boxes_xyxy: Tensor, num_classes: int) -> None:
-    """Store the kept candidates of finished images: (n', k) mask whose rows are in score order."""
-    counts = keep.sum(dim=1).tolist()  # (n',)
-    flat_index = top_index[keep]  # (D_all,) image by image, score descending within each
-    image_of = images[:, None].expand_as(keep)[keep]  # (D_all,)
-    parts = zip(
-        boxes_xyxy[image_of, flat_index // num_classes].split(counts),
-        top_scores[keep].split(counts),
-        (flat_index % num_classes).split(counts),
-        strict=True,
-    )
-    for image, (boxes, scores, labels) in zip(images.tolist(), parts, strict=True):
-        results[image] = Detections(boxes, scores, labels)
+def _batched_nms_mask(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float, *,
+                      coordinate_range: tuple[float, float] | None = None) -> Tensor:
+    """Greedy NMS within groups -> (K,) bool keep mask: (K, 4) xyxy boxes, (K,) scores, (K,) int64 group ids >= 0.
 
+    torchvision's NMS kernel on the boxes of group g shifted by g * span (the coordinate trick of torchvision's
+    ``batched_nms``), in float64, with span = ceil(max) - floor(min) + 1 an integer (``coordinate_range`` gives
+    (min, max) when the caller knows it, as decode does for its [0, 1] boxes, saving two reductions). Adding an
+    integer below 2**m in float64 is exact for float32 coordinates above 2**(m - 29) in magnitude (1.5e-5 for
+    1,280 groups of [0, 1] boxes) and off by under 1e-12 below that, so the decisions are those of a per-group
+    float64 NMS; torchvision's own offsets (id * (max + 1) in the input dtype) lose 1e-4 in float32 with 1,280
+    groups of [0, 1] boxes. Equal scores: the kernel's sort decides, as in torchvision.
 
-def _greedy_nms_in_order(boxes_xyxy: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
-    """Exact greedy NMS within groups of (K, 4) xyxy boxes given in priority order -> (K,) bool keep mask.
-
-    Equal to torchvision's ``batched_nms`` on the same boxes ranked in the same order, but with no Python loop
-    over groups: only pairs of one group are compared, and the keep mask is the unique fixed point of
-    keep[b] = no kept earlier box a of b's group has IoU(a, b) > iou_threshold, reached by plain iteration
-    (after t rounds every box with a suppression chain shorter than t is final).
+    Off the CPU: one kernel call (one host sync, the kernel's own). On CPU, where the kernel compares each kept
+    box with every later box of its call, whole groups are packed into calls of about `_CPU_NMS_CHUNK` boxes, so a
+    box is rarely compared with unrelated groups; the small ops run on one thread (see `_DECODE_CPU_THREADS`).
     """
-    num = groups.numel()
-    if num == 0:
-        return torch.zeros(0, dtype=torch.bool, device=groups.device)
-    order = torch.argsort(groups, stable=True)  # (K,) groups contiguous, priority order within each
-    sizes = torch.unique_consecutive(groups[order], return_counts=True)[1]  # (G,)
-    boxes_sorted = boxes_xyxy[order]  # (K, 4)
-    earlier, later = _pairs_within_runs(sizes)  # (pairs,) positions in `order`, earlier < later
-    overlap = box_iou_aligned(boxes_sorted[earlier], boxes_sorted[later]) > iou_threshold  # (pairs,)
-    earlier, later = earlier[overlap], later[overlap]
-    keep_sorted = torch.ones(num, dtype=torch.bool, device=groups.device)
-    for _ in range(num + 1):  # at most K + 1 rounds; usually 2-4
-        suppressed = torch.zeros_like(keep_sorted).index_fill_(0, later[keep_sorted[earlier]], True)
-        if torch.equal(~suppressed, keep_sorted):
-            break
-        keep_sorted = ~suppressed
-    keep = torch.empty_like(keep_sorted)
-    keep[order] = keep_sorted
-    return keep
+    k = scores.numel()
+    if k == 0:
+        return torch.zeros(0, dtype=torch.bool, device=scores.device)
+    on_cpu = scores.device.type == "cpu"
+    with _cpu_threads(_DECODE_CPU_THREADS if on_cpu else None):
+        boxes64, scores64 = boxes_xyxy.double(), scores.double()
+        if coordinate_range is None:
+            low, high = boxes64.min().floor(), boxes64.max().ceil()  # 0-d tensors: no sync
+            boxes64, span = boxes64 - low, high - low + 1
+        else:
+            low, high = math.floor(coordinate_range[0]), math.ceil(coordinate_range[1])
+            boxes64, span = (boxes64 - low if low else boxes64), high - low + 1
+        shifted = boxes64 + (groups.double() * span)[:, None]  # (K, 4): groups never overlap
+        keep = torch.zeros(k, dtype=torch.bool, device=scores.device)
+        if not on_cpu or _CPU_NMS_CHUNK is None or k <= _CPU_NMS_CHUNK:
+            return keep.index_fill_(0, _tv_nms(shifted, scores64, iou_threshold), True)
+        order = torch.argsort(groups, stable=True)  # (K,) groups contiguous
+        sizes = torch.unique_consecutive(groups[order], return_counts=True)[1]  # (G,)
+        # Groups starting in the same window of _CPU_NMS_CHUNK positions share a call: < chunk + 1 group each.
+        window = (sizes.cumsum(0) - sizes) // _CPU_NMS_CHUNK  # (G,) non-decreasing
+        call_sizes = torch.zeros(int(window[-1]) + 1, dtype=torch.int64).index_add_(0, window, sizes)
+        for members in order.split(call_sizes[call_sizes > 0].tolist()):
+            keep[members[_tv_nms(shifted[members], scores64[members], iou_threshold)]] = True
+        return keep
 
 
-def _pairs_within_runs(sizes: Tensor) -> tuple[Tensor, Tensor]:
-    """Consecutive runs of the given sizes -> every pair (a, b), a < b, of positions within one run."""
-    total = int(sizes.sum())
-    starts = sizes.cumsum(0) - sizes  # (G,)
-    position = torch.arange(total, device=sizes.device)
-    after = (starts + sizes).repeat_interleave(sizes) - 1 - position  # (total,) later members of the same run
-    first = torch.repeat_interleave(position, after)  # (pairs,)
-    offset = torch.arange(first.numel(), device=sizes.device) - (after.cumsum(0) - after).repeat_interleave(after)
-    return first, first + 1 + offset
+@contextmanager
+def _cpu_threads(num_threads: int | None) -> Iterator[None]:
+    """Run the block with torch's intra-op thread count set to ``num_threads`` (None: unchanged), then restore it.
+    The setting is process-wide: another thread running torch ops meanwhile sees it too."""
+    before = torch.get_num_threads()
+    if num_threads is None or num_threads == before:
+        yield
+        return
+    torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _predicted_boxes_xyxy(preds: Tensor, boxes_per_cell: int) -> Tensor:
