@@ -290,3 +290,12 @@ def test_standins_are_reproducible_and_reject_empty_archives(tmp_path: Path, sta
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(s.filename for s in standins)  # no temp files
     with pytest.raises(ValueError, match="at least one image"):
         write_voc_standins(tmp_path / "x", num_2007_test=0)
+
+
+def test_every_standin_has_difficult_objects_and_progress_covers_all_images(tmp_path: Path):
+    seen: list[tuple[int, int]] = []
+    standins = write_voc_standins(tmp_path, num_2007_trainval=1, num_2007_test=1, num_2012_trainval=1, seed=3,
+                                  progress=lambda d, t: seen.append((d, t)))
+    assert [s.ids for s in standins] == [("000001",), ("000002",), ("2008_000008",)]
+    assert all(s.difficult_objects >= 1 for s in standins)  # by construction, not by luck of the seed
+    assert seen == [(1, 3), (2, 3), (3, 3)]

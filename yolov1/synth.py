@@ -8,6 +8,7 @@ demo and the tests run the real pipeline. The same arguments give byte-identical
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -17,7 +18,6 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ Progress = Callable[[int, int], None]  # (images drawn so far, images in total),
 _SPOOL_BYTES = 256 << 20  # a tarball's contents stay in memory up to this size, then spill to one temp file
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class StandIn:
     """One stand-in for an official VOC archive, as written by `write_voc_standins`."""
 
@@ -192,11 +192,13 @@ def write_voc_standins(
     (``<class>_<list>.txt``, lines ``"<id> <flag>"`` with flag 1 present, 0 only difficult, -1 absent), and VOC2012
     ids look like ``2008_000008``. Untarring all three into one folder gives the merged official devkit (VOC2007
     with trainval and test, and VOC2012). Objects use every name in `classes` (the 20 VOC classes by default);
-    with the default arguments each archive holds difficult objects. Same arguments, byte-identical archives.
+    every archive holds difficult objects (the first image of each is drawn with difficult objects only; the
+    others have 1-3 objects, each difficult with probability 0.2). Same arguments, byte-identical archives.
     Existing files of those names in `out_dir` are replaced (atomically). `workers`, `progress`: as in
     `generate_voc`, with ``total`` the images of all three archives.
     """
     spec = _draw_spec(image_size, classes, 3, (0.25, 0.55), (0.08, 0.14), 0.2, 0.2, 0.3, 0.3, 12)
+    all_difficult = dataclasses.replace(spec, difficult_fraction=1.0)
     if min(num_2007_trainval, num_2007_test, num_2012_trainval) < 1:
         raise ValueError("every stand-in archive needs at least one image, got "
                          f"{num_2007_trainval}, {num_2007_test}, {num_2012_trainval}")
@@ -211,14 +213,18 @@ def write_voc_standins(
 
     def counted(d: int, _t: int) -> None:
         if progress is not None:
-            progress(done + d, total)
+            progress(done + d, total)  # `done`: images of the earlier _spool_images calls
 
     out_dir = Path(out_dir)
     standins = []
+    firsts = {trainval07[0], test07[0], ids12[0]}
     with _Spool() as spool:
-        objects07 = _spool_images(spool, samples07, 2007, spec, workers, counted)
-        done = len(samples07)
-        objects12 = _spool_images(spool, samples12, 2012, spec, workers, counted)
+        objects07, objects12 = {}, {}
+        for year, samples, objects in ((2007, samples07, objects07), (2012, samples12, objects12)):
+            for draw_spec, part in ((all_difficult, [x for x in samples if x[0] in firsts]),
+                                    (spec, [x for x in samples if x[0] not in firsts])):
+                objects.update(_spool_images(spool, part, year, draw_spec, workers, counted))
+                done += len(part)
         for name, filename, year, image_set, set_ids, objects in (
             ("voc2007-trainval", "VOCtrainval_06-Nov-2007.tar", 2007, "trainval", trainval07, objects07),
             ("voc2007-test", "VOCtest_06-Nov-2007.tar", 2007, "test", test07, objects07),
