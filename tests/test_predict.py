@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,10 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from yolov1.checkpoint import CheckpointError, read_weights, save_weights
 from yolov1.config import ModelConfig
 from yolov1.model import build_model
-from yolov1.predict import Detector, Prediction, load_image, preprocess
+from yolov1.predict import Detector, ImageError, InferenceSettings, Prediction, image_size, load_image, preprocess
 
 CLASSES = ("aeroplane", "bicycle", "bird")
 TINY = ModelConfig(variant="fast", input_size=112, grid_size=7, boxes_per_cell=2, num_classes=3, batch_norm=True,
@@ -190,3 +192,335 @@ def test_detector_batch_split_is_invisible(tiny_detector: Detector, tmp_path: Pa
         assert a.names == b.names and np.array_equal(a.labels, b.labels)
         np.testing.assert_allclose(a.boxes_xyxy, b.boxes_xyxy, atol=1e-4)
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
+
+
+# -- hostile images in the library ------------------------------------------------------------------------------
+
+
+def _bomb_png(width: int = 20000, height: int = 20000) -> bytes:
+    """A PNG whose header says width x height (the pixel data is a stub: the header alone must refuse it)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def _jpeg_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _hostile_files(folder: Path) -> dict[str, bytes]:
+    """name -> bytes of every kind of bad input, plus one good PNG ("b_good.png")."""
+    jpeg = _jpeg_bytes(_array(60, 80, seed=3))
+    return {
+        "a_empty.jpg": b"",
+        "b_good.png": _png_bytes(_array(48, 64, seed=4)),
+        "c_truncated.jpg": jpeg[: len(jpeg) // 2],
+        "d_text.jpg": b"this is not an image, only named like one\n" * 4,
+        "e_bomb.png": _bomb_png(),
+    }
+
+
+@pytest.mark.parametrize(("name", "words"), [
+    ("a_empty.jpg", ["a_empty.jpg", "empty file"]),
+    ("c_truncated.jpg", ["c_truncated.jpg", "cannot decode", "truncated"]),
+    ("d_text.jpg", ["d_text.jpg", "not a recognised image format"]),
+    ("e_bomb.png", ["e_bomb.png", "400,000,000 pixels", "refused before decoding"]),
+])
+def test_load_image_names_each_hostile_file(tmp_path: Path, name: str, words: list[str]):
+    path = tmp_path / name
+    path.write_bytes(_hostile_files(tmp_path)[name])
+    with pytest.raises(ImageError) as err:
+        load_image(path, max_pixels=40_000_000)
+    message = str(err.value)
+    for word in words:
+        assert word in message
+    assert "BytesIO" not in message and "Traceback" not in message
+
+
+def test_pixel_limit_is_read_from_the_header(monkeypatch):
+    # Under pillow's own bomb limit but over ours: 8000 x 6000 = 48 M > 40 M. The decoder is never reached.
+    def no_decode(*args, **kwargs):
+        raise AssertionError("decoded an image that its header already refuses")
+
+    monkeypatch.setattr("yolov1.predict.decode_image", no_decode)
+    with pytest.raises(ImageError, match=r"8000x6000 = 48,000,000 pixels exceeds the limit of 40,000,000"):
+        load_image(_bomb_png(8000, 6000), max_pixels=40_000_000)
+    assert image_size(_bomb_png(8000, 6000)) == (8000, 6000)  # no limit: the size, still without decoding
+    with pytest.raises(ImageError, match="<array>: 40x30 pixels exceeds the limit of 1,000"):
+        load_image(_array(), max_pixels=1000)  # in-memory inputs are bounded too
+
+
+def test_detector_refuses_out_of_range_settings():
+    for kwargs, key in [({"score_threshold": float("nan")}, "score_threshold"),
+                        ({"score_threshold": -0.1}, "score_threshold"), ({"nms_iou_threshold": 1.5}, "nms_iou"),
+                        ({"max_detections": 0}, "max_detections"), ({"keep_labels": [3]}, "classes")]:
+        options = {"score_threshold": 0.1, "nms_iou_threshold": 0.5, "max_detections": 10, **kwargs}
+        with pytest.raises(ValueError, match=key):
+            Detector(_OneBox(), TINY, CLASSES, **options)
+
+
+def test_detector_class_filter_and_input_size():
+    image = np.zeros((100, 200, 3), dtype=np.uint8)
+    keep = Detector(_OneBox(), TINY, CLASSES, score_threshold=0.1, nms_iou_threshold=0.5, max_detections=10,
+                    keep_labels=[1])
+    drop = Detector(_OneBox(), TINY, CLASSES, score_threshold=0.1, nms_iou_threshold=0.5, max_detections=10,
+                    keep_labels=[0, 2])
+    assert keep([image])[0].names == ("bicycle",) and drop([image])[0].names == ()
+    fc = replace(TINY, head="fc")
+    with pytest.raises(ValueError, match="fc head"):
+        Detector(_OneBox(), fc, CLASSES, score_threshold=0.1, nms_iou_threshold=0.5, max_detections=1, input_size=224)
+    with pytest.raises(ValueError, match="multiple of the net's stride 16"):
+        Detector(_OneBox(), TINY, CLASSES, score_threshold=0.1, nms_iou_threshold=0.5, max_detections=1, input_size=120)
+
+
+# -- checkpoints: validated before anything is allocated --------------------------------------------------------
+
+
+def _plain_weights(path: Path, **config) -> Path:
+    """A small plain-data weights file whose model_config is TINY's with `config` changes and no real tensors."""
+    raw = {**asdict(TINY), **config}
+    torch.save({"state_dict": {}, "model_config": raw, "classes": list(CLASSES)}, path)
+    return path
+
+
+def test_hostile_checkpoint_config_is_refused_before_allocating(tmp_path: Path):
+    import resource
+
+    path = _plain_weights(tmp_path / "huge.pt", variant="yolov1", head="fc", input_size=448, grid_size=7,
+                          width_multiplier=8.0, head_hidden=65536)
+    assert path.stat().st_size < 2000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    with pytest.raises(CheckpointError) as err:
+        read_weights(path)
+    assert str(path) in str(err.value) and "model_config" in str(err.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # nowhere near GBs
+
+    with pytest.raises(CheckpointError, match=r"model_config\.grid_size: expected int, got '7'"):
+        read_weights(_plain_weights(tmp_path / "str.pt", grid_size="7"))
+    # A plausible config with tensors that do not fit: refused from the shapes, on the meta device.
+    with pytest.raises(CheckpointError, match="does not fit"):
+        read_weights(_plain_weights(tmp_path / "empty.pt"))
+
+
+def test_old_weights_without_new_fields_still_load(tmp_path: Path):
+    model = build_model(TINY)
+    raw = asdict(TINY)
+    del raw["backbone"], raw["pretrained"]  # a file written before those fields existed
+    path = tmp_path / "old.pt"
+    torch.save({"state_dict": model.state_dict(), "model_config": raw, "classes": list(CLASSES)}, path)
+    found = read_weights(path)
+    assert found.model_cfg == TINY and found.inference is None and found.classes == list(CLASSES)
+
+
+def test_weights_are_self_describing(tmp_path: Path):
+    settings = InferenceSettings(score_threshold=0.25, nms_iou_threshold=0.45, max_detections=7,
+                                 max_image_pixels=1_000_000)
+    path = save_weights(tmp_path / "w.pt", build_model(TINY), TINY, CLASSES, inference=settings.to_dict())
+    detector = Detector.from_weights(path)
+    assert (detector.score_threshold, detector.nms_iou_threshold, detector.max_detections,
+            detector.max_image_pixels) == (0.25, 0.45, 7, 1_000_000)
+    assert detector.classes == CLASSES
+    bad = save_weights(tmp_path / "bad.pt", build_model(TINY), TINY, CLASSES,
+                       inference={**settings.to_dict(), "score_threshold": float("nan")})
+    with pytest.raises(CheckpointError, match=r"bad.pt: inference.score_threshold"):
+        Detector.from_weights(bad)
+    with pytest.raises(CheckpointError, match="holds no inference settings"):
+        Detector.from_weights(save_weights(tmp_path / "old.pt", build_model(TINY), TINY, CLASSES))
+
+
+# -- the predict command -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> Path:
+    """A tiny conv-head net whose scores spread over both signs, saved self-describing (threshold 0)."""
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    with torch.no_grad():
+        model.head[-1].weight.mul_(50.0)
+    settings = InferenceSettings(score_threshold=0.0, nms_iou_threshold=0.5, max_detections=20,
+                                 max_image_pixels=40_000_000)
+    return save_weights(tmp_path / "models" / "yolov1.pt", model, TINY, CLASSES, inference=settings.to_dict())
+
+
+def _predict(argv: list, capsys) -> tuple[int, dict | None, str]:
+    from pipelines.predict import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out) if captured.out.strip() else None
+    return code, summary, captured.err
+
+
+def test_predict_skips_names_and_counts_hostile_files(tmp_path: Path, weights: Path, capsys, monkeypatch):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, data in _hostile_files(folder).items():
+        (folder / name).write_bytes(data)
+    (folder / "notes.txt").write_text("not an image suffix")  # ignored, and counted
+    decoded = []
+    real = __import__("yolov1.predict", fromlist=["decode_image"]).decode_image
+    monkeypatch.setattr("yolov1.predict.decode_image", lambda data, **kw: decoded.append(len(data)) or real(data, **kw))
+    out = tmp_path / "out"
+    code, summary, err = _predict([folder, "--model", weights, "--out", out, "--save-txt"], capsys)
+    assert code == 0
+    assert summary["images"] == 1 and summary["skipped"] == 4 and summary["ignored_non_images"] == 1
+    bad = ["a_empty.jpg", "c_truncated.jpg", "d_text.jpg", "e_bomb.png"]
+    assert summary["skipped_files"] == [str(folder / n) for n in bad]
+    for name in bad:
+        assert f"skipped {folder / name}:" in err
+    assert "refused before decoding" in err and "Traceback" not in err and "BytesIO" not in err
+    assert len(_bomb_png()) not in decoded  # the 20000 x 20000 header was refused before any decoder ran
+    assert err.strip().splitlines()[-1] == (
+        f"yolov1 predict: 1 images, {summary['detections']} detections, 4 skipped, 1 non-image files ignored -> {out}")
+    assert list(json.loads((out / "detections.json").read_text())) == [str(folder / "b_good.png")]
+    assert sorted(p.name for p in out.iterdir()) == ["b_good.png", "detections.json", "labels"]
+
+
+def test_predict_strict_stops_at_the_first_bad_file_keeping_results(tmp_path: Path, weights: Path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(_png_bytes(_array(seed=1)))
+    (folder / "b_text.jpg").write_bytes(b"nope")
+    (folder / "c.png").write_bytes(_png_bytes(_array(seed=2)))
+    out = tmp_path / "out"
+    code, summary, err = _predict([folder, "--model", weights, "--out", out, "--strict", "--batch", "1"], capsys)
+    assert code == 2 and summary is None
+    assert f"{folder / 'b_text.jpg'}: not a recognised image format" in err and "--strict" in err
+    assert list(json.loads((out / "detections.json").read_text())) == [str(folder / "a.png")]  # written already
+
+
+def test_predict_outputs_agree_and_flags_apply(tmp_path: Path, weights: Path, capsys):
+    image = tmp_path / "img.png"
+    image.write_bytes(_png_bytes(_array(90, 120, seed=5)))  # W 120, H 90
+    out = tmp_path / "out"
+    code, summary, _ = _predict([image, "--model", weights, "--out", out, "--save-txt", "--save-conf",
+                                 "--save-json", "--conf", "0.01", "--max-det", "5", "--device", "cpu"], capsys)
+    assert code == 0 and summary["score_threshold"] == 0.01 and summary["max_detections"] == 5
+    detections = json.loads((out / "detections.json").read_text())[str(image)]["detections"]
+    assert 0 < len(detections) <= 5
+    lines = (out / "labels" / "img.txt").read_text().splitlines()
+    records = json.loads((out / "predictions.json").read_text())
+    assert len(lines) == len(records) == len(detections)
+    for line, det, rec in zip(lines, detections, records, strict=True):
+        label, cx, cy, w, h, conf = line.split()
+        x1, y1, x2, y2 = det["box_xyxy"]
+        # YOLO txt: centre and size normalised by W = 120, H = 90 (to the 2-decimal rounding of the JSON).
+        assert CLASSES[int(label)] == det["label"] == rec["category"]
+        np.testing.assert_allclose([float(cx) * 120, float(cy) * 90, float(w) * 120, float(h) * 90],
+                                   [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], atol=0.02)
+        assert float(conf) == pytest.approx(det["score"], abs=1e-5) and det["score"] > 0.01
+        np.testing.assert_allclose(rec["bbox"], [x1, y1, x2 - x1, y2 - y1], atol=0.02)
+    code, summary, _ = _predict([image, "--model", weights, "--out", tmp_path / "birds", "--classes", "bird"], capsys)
+    labels = {d["label"] for d in json.loads((tmp_path / "birds" / "detections.json").read_text())[str(image)]["detections"]}
+    assert code == 0 and labels <= {"bird"}
+
+
+@pytest.mark.parametrize(("flags", "words"), [
+    (["--conf", "nan"], ["--conf", "[0, 1]"]),
+    (["--iou", "-1"], ["--iou", "[0, 1]"]),
+    (["--max-det", "0"], ["--max-det", ">= 1"]),
+    (["--classes", "zebra"], ["--classes", "'zebra'"]),
+    (["--device", "cuda:7"], ["--device", "cuda:7"]),
+    (["--imgsz", "100"], ["imgsz", "stride 16"]),
+])
+def test_predict_bad_flags_are_one_line_errors(tmp_path: Path, weights: Path, capsys, flags, words):
+    image = tmp_path / "img.png"
+    image.write_bytes(_png_bytes(_array()))
+    code, summary, err = _predict([image, "--model", weights, "--out", tmp_path / "o", *flags], capsys)
+    assert code == 2 and summary is None and len(err.strip().splitlines()) == 1
+    for word in words:
+        assert word in err
+
+
+def test_predict_new_run_folder_each_time_and_never_overwrites(tmp_path: Path, weights: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the weights file describes itself
+    image = tmp_path / "img.png"
+    image.write_bytes(_png_bytes(_array()))
+    folders = [_predict([image, "--model", weights], capsys)[1]["out_dir"] for _ in range(2)]
+    assert folders == [str(Path("runs/predict/1")), str(Path("runs/predict/2"))]
+    code, _, err = _predict([image, "--model", weights, "--out", "runs/predict/1"], capsys)
+    assert code == 2 and "exists and is not empty" in err and "--exist-ok" in err
+    assert _predict([image, "--model", weights, "--out", "runs/predict/1", "--exist-ok"], capsys)[0] == 0
+
+
+def test_predict_glob_and_http_sources(tmp_path: Path, weights: Path, capsys):
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "a.png").write_bytes(_png_bytes(_array(seed=1)))
+    (served / "big.png").write_bytes(_png_bytes(_array(200, 200, seed=2)))  # over the 20 kB cap below
+    (served / "text.png").write_bytes(b"<html>not an image</html>")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        urls = [f"{base}/a.png", f"{base}/missing.png", f"{base}/big.png", f"{base}/text.png"]
+        code, summary, err = _predict([*urls, str(served / "a*.png"), "--model", weights, "--out", tmp_path / "o",
+                                       "--max-download-bytes", "20000"], capsys)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 0 and summary["images"] == 2 and summary["skipped"] == 3
+    assert f"{base}/missing.png: HTTP 404" in err
+    assert f"{base}/big.png" in err and "download limit of 20,000" in err
+    assert f"{base}/text.png: not a recognised image format" in err
+    assert set(json.loads((tmp_path / "o" / "detections.json").read_text())) == {urls[0], str(served / "a.png")}
+    assert {p.name for p in (tmp_path / "o").glob("*.png")} == {"a.png", "a_2.png"}  # same stem: not overwritten
+
+
+def test_predict_hostile_checkpoint_and_old_weights_are_one_line_errors(tmp_path: Path, capsys):
+    image = tmp_path / "img.png"
+    image.write_bytes(_png_bytes(_array()))
+    huge = _plain_weights(tmp_path / "huge.pt", width_multiplier=8.0, head_hidden=65536)
+    code, _, err = _predict([image, "--model", huge, "--out", tmp_path / "o1"], capsys)
+    assert code == 2 and err.startswith(f"yolov1 predict: error: {huge}: model_config.") and len(err.splitlines()) == 1
+    old = save_weights(tmp_path / "old.pt", build_model(TINY), TINY, CLASSES)  # no stored thresholds
+    code, _, err = _predict([image, "--model", old, "--out", tmp_path / "o2"], capsys)
+    assert code == 2 and "holds no thresholds" in err and "--params" in err
+
+
+def test_predict_registry_uri_without_a_store_creates_nothing(tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    image = tmp_path / "img.png"
+    image.write_bytes(_png_bytes(_array()))
+    code, _, err = _predict([image, "--model", "models:/yolov1-demo@champion"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "no MLflow store at mlflow.db (tracking URI sqlite:///mlflow.db)" in err
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://alice:S3cr3t@127.0.0.1:9/")  # nothing listens on port 9
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    code, _, err = _predict([image, "--model", "models:/yolov1-demo@champion"], capsys)  # unreachable server
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "S3cr3t" not in err
+    assert "not found in the tracking store http://127.0.0.1:9/" in err
+
+
+def test_predict_registry_uri_missing_in_an_existing_store(tmp_path: Path, capsys, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.MlflowClient(tracking_uri=store).search_experiments()  # creates an empty store
+    capsys.readouterr()  # its creation log
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    image = tmp_path / "img.png"
+    image.write_bytes(_png_bytes(_array()))
+    code, _, err = _predict([image, "--model", "models:/yolov1-demo@champion"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"models:/yolov1-demo@champion: not found in the tracking store {store} (" in err
