@@ -49,7 +49,7 @@ class CropReport:
 class PretrainResult:
     """The trained classifier and the last epoch's metrics (``loss``, ``top1``, ``top5``, ``lr``)."""
 
-    model: "BackboneClassifier"
+    model: BackboneClassifier
     classes: list[str]
     metrics: dict[str, float]
     history: list[dict[str, float]]
