@@ -19,7 +19,12 @@ from yolov1.backbones import PretrainedWeightsError
 from yolov1.config import params_from_dict
 from yolov1.model import build_model
 from yolov1.pretrain import (
-    build_classifier, image_folder_datasets, make_crops, pretrain, save_backbone, topk_correct,
+    build_classifier,
+    image_folder_datasets,
+    make_crops,
+    pretrain,
+    save_backbone,
+    topk_correct,
 )
 from yolov1.synth import DEMO_CLASSES, generate_voc
 from yolov1.voc import parse_annotation, read_image_set
@@ -115,7 +120,7 @@ def test_pretraining_runs_and_reports_topk(pretrained):
 def test_pretraining_is_seeded(pretrained):
     params, result, _, (train_set, val_set, classes) = pretrained
     again = pretrain(params.model, params.pretrain, train_set, val_set, classes, seed=0)
-    for (name, a), b in zip(result.model.state_dict().items(), again.model.state_dict().values()):
+    for (name, a), b in zip(result.model.state_dict().items(), again.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 
