@@ -201,3 +201,19 @@ def test_frozen_backbone_needs_only_model_backbone():
     assert backbone_ids.isdisjoint(head_ids)
     assert backbone_ids | head_ids == {id(p) for p in model.parameters()}
     assert all(isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.LeakyReLU)) for m in list(model.head)[:-1])
+
+
+@pytest.mark.parametrize(("profile", "backbone", "pretrained"), [
+    ("resnet50", "resnet50", "imagenet"),
+    ("paper-pretrained", "darknet", "models/pretrained/darknet20.pt"),
+])
+def test_accuracy_profiles_load_and_build(profile, backbone, pretrained):
+    from pipelines.params import load_params
+    from pipelines.workspace import PROJECT_ROOT
+
+    params = load_params(PROJECT_ROOT / "profiles" / f"{profile}.yaml")
+    assert (params.model.backbone, params.model.pretrained) == (backbone, pretrained)
+    assert (params.model.input_size, params.model.grid_size, params.model.num_classes) == (448, 7, 20)
+    with torch.device("meta"):
+        model = build_model(params.model, load_pretrained_weights=False)
+        assert model(torch.empty(1, 3, 448, 448, device="meta")).shape == (1, 7, 7, 30)
