@@ -301,12 +301,9 @@ def test_every_standin_has_difficult_objects_and_progress_covers_all_images(tmp_
     assert seen == [(1, 3), (2, 3), (3, 3)]
 
 
-def test_demo_data_bytes_are_pinned():
+def test_demo_data_bytes_are_pinned(tmp_path: Path):
     """The README's demo figures were measured on exactly these bytes: a speed-up of the generator must not change
     them. (The md5 is of the pre-speed-up generator's output; if a pinned Pillow/libjpeg upgrade changes JPEG
     encoding, re-measure the demo and update it.)"""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        _, md5, _ = generate_voc_tarball(Path(tmp) / "voc.tar", **SPEC)
+    _, md5, _ = generate_voc_tarball(tmp_path / "voc.tar", **SPEC)
     assert md5 == "9b33c097fd1cca3512018fd2891caacc"
