@@ -694,3 +694,27 @@ def test_local_archive_under_dvc_repro_produces_the_declared_outputs(tmp_path, v
     assert (workspace / "data/extracted/VOCdevkit/VOC2007/Annotations/000001.xml").is_file()
     status = subprocess.run([*dvc, "status", "download"], cwd=workspace, env=env, capture_output=True, text=True)
     assert status.returncode == 0 and "up to date" in status.stdout.lower(), status.stdout + status.stderr
+
+
+def test_the_three_official_name_standins_extract_into_the_layout_prepare_reads(tmp_path, repo_params_dict):
+    """One archive by `local`, two from mirrors; all three merge into extracted/VOCdevkit, which prepare reads."""
+    from pipelines.prepare import read_tables
+    from yolov1.synth import write_voc_standins
+
+    standins = write_voc_standins(tmp_path / "have", num_2007_trainval=3, num_2007_test=2, num_2012_trainval=2)
+    raw = dict(repo_params_dict)
+    raw["data"] = {**raw["data"], "root": str(tmp_path / "data"), "archives": [
+        {"name": s.name, "filename": s.filename, "md5": s.md5, "size": s.size,
+         "local": str(s.path) if i == 0 else None, "mirrors": [] if i == 0 else [s.path.as_uri()]}
+        for i, s in enumerate(standins)]}
+    params = params_from_dict(raw)
+    summary = stage.run(params)
+    assert [a["action"] for a in summary["archives"]] == ["local", "downloaded", "downloaded"]
+    devkit = tmp_path / "data" / "extracted" / "VOCdevkit"
+    assert sorted(p.name for p in devkit.iterdir()) == ["VOC2007", "VOC2012"]
+    tables = read_tables(params.data, workers=1)
+    by_split = tables.images.groupby("split")["image_id"].apply(list).to_dict()
+    tv07, te07, tv12 = standins
+    assert by_split["test"] == [f"2007_{i}" for i in te07.ids]
+    assert by_split["train"] == [f"2007_{i}" for i in tv07.ids] + [f"2012_{i}" for i in tv12.ids]
+    assert not [p for p in tmp_path.joinpath("data").iterdir() if ".staging-" in p.name]
