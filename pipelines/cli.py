@@ -21,6 +21,7 @@ COMMANDS = {
     "register": ("pipelines.register", "register the model in MLflow; promote it to champion if it wins"),
     "pretrain": ("pipelines.pretrain", "optional: the paper's classification pretraining of the backbone (ImageFolder)"),
     "predict": ("pipelines.predict", "detect objects in images with a weights file or a registry URI"),
+    "export": ("pipelines.export", "export the trained net to ONNX or TorchScript (dynamic batch)"),
     "flow": ("pipelines.flows", "run the whole chain as a Prefect flow (each task reproduces its DVC stage)"),
     "serve": ("pipelines.serve", "serve the scheduled retraining deployment (cron from params.yaml)"),
     "demo": ("pipelines.demo", "the whole chain on generated VOC-format data, on a CPU, in a demo/ workspace"),
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A paper-faithful YOLOv1 on PASCAL VOC: reproducible stages (DVC), scheduled retraining "
         "(Prefect) and champion-gated promotion (MLflow registry). Run `yolov1 <command> --help` for details.",
     )
+    parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -44,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"yolov1 {version()}")
         return 0
     if argv[0] not in COMMANDS:
         parser.error(f"unknown command {argv[0]!r} (choose from {', '.join(COMMANDS)})")
@@ -61,10 +66,37 @@ def run_main(command: Callable[[list[str] | None], int | None], argv: list[str] 
     """
     try:
         return int(command(argv) or 0)
+    except Exception as err:
+        if not _is_user_error(err):
+            raise  # a bug keeps its traceback
+        from yolov1.redact import redact
+
+        lines = str(err).strip().splitlines()
+        print(f"{prog}: error: {redact(lines[0] if lines else type(err).__name__)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted (Ctrl-C). Outputs already written are complete (each is renamed into place "
               "when done); rerun the same command to continue.", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def version() -> str:
+    """The installed package's version (``pip install -e .`` records it), else the source tree's."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("yolov1")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _is_user_error(err: Exception) -> bool:
+    """Errors about files, checkpoints or the tracking server: one line for the user, not a traceback."""
+    from pipelines.tracking import TrackingUnavailable
+    from yolov1.checkpoint import CheckpointError
+
+    return isinstance(err, (CheckpointError, TrackingUnavailable))
 
 
 if __name__ == "__main__":

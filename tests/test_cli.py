@@ -122,10 +122,12 @@ def test_preflight_dead_mirror_says_what_to_do(tmp_path: Path, repo_params_dict,
 
 
 def test_preflight_malformed_mirror_is_reported(tmp_path: Path, repo_params_dict, capsys):
-    params = _params_file(tmp_path, repo_params_dict, {"mirrors": ["host.robots.ox.ac.uk/VOCtest.tar"]})  # no scheme
+    # No scheme: read as a plain path (preflight accepts local mirrors), which does not exist.
+    params = _params_file(tmp_path, repo_params_dict, {"mirrors": ["host.robots.ox.ac.uk/VOCtest.tar"]})
     assert preflight.main(["--params", str(params), "--allow-cpu"]) == 2  # a message, not a traceback
     err = capsys.readouterr().err
-    assert "host.robots.ox.ac.uk/VOCtest.tar: unknown url type" in err and "make demo" in err
+    assert "host.robots.ox.ac.uk/VOCtest.tar: file not found" in err and "make demo" in err
+    assert "Traceback" not in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
@@ -141,3 +143,40 @@ def test_preflight_without_gpu_needs_allow_cpu(tmp_path: Path, repo_params_dict,
 def test_preflight_bad_params_file(tmp_path: Path, capsys):
     assert preflight.main(["--params", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml" in capsys.readouterr().err
+
+
+# -- version, export, and errors that must not escape as tracebacks ------------------------------------------------
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"yolov1 {version('yolov1')}"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(["-V"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"yolov1 {version('yolov1')}"
+
+
+@pytest.mark.parametrize("error", ["checkpoint", "tracking"])
+def test_checkpoint_and_tracking_errors_are_one_line(error, capsys):
+    from pipelines.tracking import TrackingUnavailable
+    from yolov1.checkpoint import CheckpointError
+
+    def command(argv):
+        if error == "checkpoint":
+            raise CheckpointError("models/yolov1.pt: model_config.grid_size: expected int, got '7'")
+        raise TrackingUnavailable("http://alice:S3cr3t@mlflow.internal:5000 does not answer\nmore detail")
+
+    assert cli.run_main(command, [], prog="yolov1 evaluate") == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("yolov1 evaluate: error: ")
+    assert "Traceback" not in err and "S3cr3t" not in err
+
+
+def test_bugs_keep_their_traceback():
+    def command(argv):
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        cli.run_main(command, [])
