@@ -18,7 +18,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-_DATA_DEPENDENT = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::equal",
+# Under torch.inference_mode composite ops reach the mode undecomposed (aten::item, aten::nonzero_numpy).
+_DATA_DEPENDENT = {"aten::_local_scalar_dense", "aten::item", "aten::nonzero", "aten::nonzero_numpy",
+                   "aten::argwhere", "aten::masked_select", "aten::equal",
                    "aten::is_nonzero", "aten::unique_consecutive", "aten::_unique", "aten::_unique2",
                    "aten::unique_dim", "aten::bincount", "aten::histc", "torchvision::nms"}
 _INDEXING = {"aten::index", "aten::index_put", "aten::index_put_", "aten::_index_put_impl_"}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +14,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+import yolov1.encode as encode_module
 from pipelines.prepare import read_tables
+from tests.sync_count import count_host_syncs
 from yolov1.config import AugmentConfig, DataConfig, EvalConfig, ModelConfig
 from yolov1.data import VOCDetection
-from yolov1.encode import targets_to_predictions
-from yolov1.evaluate import Evaluation, evaluate
+from yolov1.encode import decode, targets_to_predictions
+from yolov1.evaluate import Evaluation, _bf16_autocast, evaluate
 from yolov1.synth import generate_voc
 
 # "car" is in the class list but never drawn: its AP is NaN (no ground truth) and must stay out of the mean.
@@ -37,7 +41,7 @@ def _data_cfg(root: Path) -> DataConfig:
 
 
 class _Indexed(Dataset):
-    """The eval dataset with each sample's index written into its top-left red pixel, for the oracle to read."""
+    """The eval dataset with each sample's index (< 256) written into its top-left red pixel, for the oracle."""
 
     def __init__(self, base: VOCDetection) -> None:
         self.base = base
@@ -63,7 +67,7 @@ class _Oracle(nn.Module):
         self.register_buffer("preds", preds)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.preds[images[:, 0, 0, 0].round().long()]
+        return self.preds[(images[:, 0, 0, 0] * 255).round().long()]  # uint8 samples arrive divided by 255
 
 
 class _Empty(nn.Module):
@@ -186,3 +190,75 @@ def test_summary_is_json(dataset: _Indexed, targets: Tensor):
     assert summary["ap_voc07"]["car"] is None and summary["ap_area"]["car"] is None  # NaN -> None
     assert summary["map_voc07"] == pytest.approx(1.0) and summary["num_images"] == len(dataset)
     assert json.loads(json.dumps(summary, allow_nan=False)) == summary
+
+
+class _Cached(Dataset):
+    """Precomputed samples, so that reading one runs no torch op, with the infos' host data as numpy arrays (on
+    CPU the sync counter cannot tell host tensors from device ones, so it sees only evaluate's own work)."""
+
+    def __init__(self, base: Dataset, n: int) -> None:
+        self.items = []
+        for i in range(n):
+            image, target, info = base[i]
+            host = {k: v.numpy() if isinstance(v, Tensor) else v for k, v in info.items()}
+            self.items.append((image, target, host))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+
+def _rows(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """One image's detections as sorted unique rows (x1, y1, x2, y2, score, label), to compare them as sets."""
+    return np.unique(np.column_stack((boxes, scores, labels)), axis=0)
+
+
+def _syncs(dataset: Dataset, targets: Tensor, batch_size: int) -> tuple[Counter, Evaluation]:
+    cfg = dataclasses.replace(EVAL, batch_size=batch_size)
+    with count_host_syncs() as counts:
+        result = evaluate(_Oracle(targets), dataset, model_cfg=MODEL, eval_cfg=cfg)
+    return counts, result
+
+
+def test_one_host_transfer_per_batch_and_no_per_image_syncs(dataset: _Indexed, targets: Tensor, monkeypatch):
+    # The device path of decode (one NMS call per round; on CPU it packs groups into several calls).
+    monkeypatch.setattr(encode_module, "_CPU_NMS_CHUNK", None)
+    cached = _Cached(dataset, 16)
+    one_batch, whole = _syncs(cached, targets, batch_size=16)
+    four_batches, split = _syncs(cached, targets, batch_size=4)
+    loader = Counter({"aten::item": 1})  # the DataLoader draws its base seed once per pass (host RNG, no device)
+    per_batch = one_batch - loader
+    # The batch's detections, packed into one array and copied once; decode's fixed 5 syncs (see test_encode).
+    assert per_batch["Tensor.cpu"] == per_batch["Tensor.numpy"] == 1, per_batch
+    assert sum(per_batch.values()) == 5 + 2, per_batch
+    # 4 batches of 4 images make 4x the syncs of 1 batch of 16: per batch, never per image. The previous code
+    # copied boxes, scores and labels to the host separately for each image (3 x 16 copies here).
+    assert four_batches == loader + Counter({kind: 4 * n for kind, n in per_batch.items()})
+    assert whole.voc07.map == split.voc07.map == pytest.approx(1.0)
+    for a, b in zip(whole.detections, split.detections, strict=True):  # the oracle's scores tie at 1.0: as sets
+        assert np.array_equal(_rows(*a), _rows(*b)) and [x.dtype for x in a] == [y.dtype for y in b]
+    boxes, scores, labels = whole.detections[0]
+    assert boxes.dtype == np.float32 and scores.dtype == np.float32 and labels.dtype == np.int64
+
+
+def test_detections_are_those_of_decode_in_pixels(dataset: _Indexed, targets: Tensor):
+    # Per image, evaluate's arrays equal decode's float32 tensors scaled by the original width / height.
+    cached = _Cached(dataset, 6)
+    result = evaluate(_Oracle(targets), cached, model_cfg=MODEL, eval_cfg=EVAL)
+    preds = _Oracle(targets)(torch.stack([torch.full((3, 1, 1), i / 255) for i in range(6)]))
+    decoded = decode(preds, boxes_per_cell=B, num_classes=C, score_threshold=EVAL.score_threshold,
+                     nms_iou_threshold=EVAL.nms_iou_threshold, max_detections=EVAL.max_detections)
+    for i, (det, (boxes, scores, labels)) in enumerate(zip(decoded, result.detections, strict=True)):
+        info = cached[i][2]
+        scale = torch.tensor([info["width"], info["height"]] * 2, dtype=torch.float32)
+        want = ((det.boxes_xyxy * scale).numpy(), det.scores.numpy(), det.labels.numpy())
+        assert np.array_equal(_rows(boxes, scores, labels), _rows(*want))  # as sets: the oracle's scores tie
+
+
+@pytest.mark.parametrize(("device", "precision", "bf16"), [
+    ("cpu", "fp32", False), ("cpu", "bf16", False), ("cuda", "fp32", False), ("cuda", "bf16", True)])
+def test_bf16_only_when_asked_for_and_on_cuda(device, precision, bf16):
+    cfg = dataclasses.replace(EVAL, precision=precision)
+    assert _bf16_autocast(torch.device(device), cfg) is bf16
