@@ -31,10 +31,12 @@ def _stage(cmd: str, deps: list[str], outs: list[str], *, uncached: tuple[str, .
 
 
 @pytest.fixture
-def tiny_workspace(tmp_path) -> Path:
-    """A DVC repo (no git) with the pipeline's five stage names, each writing a small file."""
+def tiny_workspace(tmp_path, repo_params_dict) -> Path:
+    """A DVC repo (no git) with the pipeline's five stage names, each writing a small file, and the project's
+    params.yaml (its tracking section is what the flow checks before training)."""
     ws = tmp_path / "workspace"
     ws.mkdir()
+    (ws / "params.yaml").write_text(yaml.safe_dump(repo_params_dict, sort_keys=False))
     metrics = json.dumps({"map_voc07": 0.5, "map_area": 0.25})
     stages = {
         "download": _stage("mkdir -p data && echo archive > data/raw.txt", [], ["data/raw.txt"]),
@@ -169,6 +171,7 @@ def test_serve_main_reads_the_workspace_params_and_prints_the_schedule(tiny_work
 def test_serve_main_names_a_missing_workspace_params_file(tiny_workspace, capsys):
     from pipelines.serve import main
 
+    (tiny_workspace / "params.yaml").unlink()
     assert main(["--workspace", str(tiny_workspace)]) == 2  # the DVC repo has no params.yaml
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(tiny_workspace / "params.yaml") in err
