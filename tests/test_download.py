@@ -388,6 +388,8 @@ HOSTILE = {
     "char device": ([_special("VOCdevkit/null", tarfile.CHRTYPE)], "VOCdevkit/null", "device or FIFO"),
     "block device": ([_special("VOCdevkit/sda", tarfile.BLKTYPE)], "VOCdevkit/sda", "device or FIFO"),
     "fifo": ([_special("VOCdevkit/pipe", tarfile.FIFOTYPE)], "VOCdevkit/pipe", "device or FIFO"),
+    "file twice": ([_file("VOCdevkit/./ok.txt", b"again")], "VOCdevkit/./ok.txt", "the archive holds this file twice"),
+    "file and folder": ([_file("VOCdevkit/ok.txt/inner", b"x")], "VOCdevkit/ok.txt", "it is both a file and a folder"),
 }
 
 
@@ -554,6 +556,11 @@ def test_extracted_tree_follows_the_umask(tmp_path, voc_tar):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "extracted").stat().st_mode) == 0o755  # not mkdtemp's 0700
+
+
+def test_a_missing_archive_is_an_archive_error_naming_it(tmp_path):
+    with pytest.raises(ArchiveError, match=r"cannot extract .*gone.tar into .*: No such file or directory"):
+        safe_extract(tmp_path / "gone.tar", tmp_path / "out", md5="0" * 32)
 
 
 def test_corrupt_tarball_is_a_clear_error(tmp_path):

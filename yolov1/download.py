@@ -181,9 +181,10 @@ def safe_extract(tar_path: Path, dest_dir: Path, *, md5: str | None = None, max_
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as err:
         raise ArchiveError(f"{tar_path}: not a readable tar archive ({err})") from None
     except OSError as err:
-        if err.errno != errno.ENOSPC:
-            raise
-        raise ArchiveError(f"no space left on device while extracting {tar_path} beside {dest_dir}") from None
+        if err.errno == errno.ENOSPC:
+            raise ArchiveError(f"no space left on device while extracting {tar_path} beside {dest_dir}") from None
+        where = f" ({err.filename})" if err.filename else ""
+        raise ArchiveError(f"cannot extract {tar_path} into {dest_dir}: {err.strerror or err}{where}") from None
     names = [m.name for m in members]
     tmp = marker.with_name(f"{marker.name}.{secrets.token_hex(4)}.tmp")
     tmp.write_text(json.dumps({"archive": tar_path.name, "md5": digest, "members": names}))
@@ -501,8 +502,9 @@ def _read_marker(marker: Path, md5: str) -> list[str] | None:
 
 def _checked_members(tar: tarfile.TarFile, tar_path: Path, max_members: int,
                      max_bytes: int) -> list[tarfile.TarInfo]:
-    """Every member of `tar`, read to the end once; raises `UnsafeArchiveError` at the first one refused."""
-    members, total = [], 0
+    """Every member of `tar`, read to the end once; raises `UnsafeArchiveError` at the first one refused, or when
+    a path is a file twice or both a file and a folder (extraction would then fail halfway or silently overwrite)."""
+    members, total, files, folders = [], 0, set(), set()
     for member in tar:
         if len(members) == max_members:
             raise UnsafeArchiveError(f"{tar_path}: more than {max_members} members (max_members): refusing a "
@@ -514,7 +516,15 @@ def _checked_members(tar: tarfile.TarFile, tar_path: Path, max_members: int,
         if total > max_bytes:
             raise UnsafeArchiveError(f"{tar_path}: members hold more than {max_bytes} bytes (max_bytes), reached "
                                      f"at {member.name!r}: refusing a possible tar bomb")
+        path = PurePosixPath(member.name)
+        folders.update(str(parent) for parent in path.parents if str(parent) != ".")
+        if member.isfile() and str(path) in files:
+            raise UnsafeArchiveError(f"{tar_path}: refusing member {member.name!r}: the archive holds this file twice")
+        (files if member.isfile() else folders).add(str(path))
         members.append(member)
+    if files & folders:
+        raise UnsafeArchiveError(f"{tar_path}: refusing member {min(files & folders)!r}: it is both a file and a "
+                                 "folder in the archive")
     return members
 
 
