@@ -43,8 +43,9 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class PretrainedWeightsError(RuntimeError):
-    """Pretrained weights that cannot be had or do not fit; the message names the file and what to do."""
+class PretrainedWeightsError(ValueError):
+    """A ``model.pretrained`` value whose weights cannot be had or do not fit; the message names the file and
+    what to do. A ValueError, so the stages report it as a one-line configuration error."""
 
 
 @dataclass(frozen=True)
