@@ -191,7 +191,7 @@ def write_voc_standins(
     ``{train,val,trainval}.txt`` lists and the test archive only ``test.txt``, each with its per-class lists
     (``<class>_<list>.txt``, lines ``"<id> <flag>"`` with flag 1 present, 0 only difficult, -1 absent), and VOC2012
     ids look like ``2008_000008``. Untarring all three into one folder gives the merged official devkit (VOC2007
-    with trainval and test, and VOC2012). Objects use every name in `classes` (the 20 VOC classes by default);
+    with trainval and test, and VOC2012). Object classes are drawn from `classes` (the 20 VOC names by default);
     every archive holds difficult objects (the first image of each is drawn with difficult objects only; the
     others have 1-3 objects, each difficult with probability 0.2). Same arguments, byte-identical archives.
     Existing files of those names in `out_dir` are replaced (atomically). `workers`, `progress`: as in
@@ -199,14 +199,7 @@ def write_voc_standins(
     """
     spec = _draw_spec(image_size, classes, 3, (0.25, 0.55), (0.08, 0.14), 0.2, 0.2, 0.3, 0.3, 12)
     all_difficult = dataclasses.replace(spec, difficult_fraction=1.0)
-    if min(num_2007_trainval, num_2007_test, num_2012_trainval) < 1:
-        raise ValueError("every stand-in archive needs at least one image, got "
-                         f"{num_2007_trainval}, {num_2007_test}, {num_2012_trainval}")
-    ids07 = [f"{n:06d}" for n in range(1, num_2007_trainval + num_2007_test + 1)]
-    test_at = _spread(num_2007_test, len(ids07))
-    test07 = [i for k, i in enumerate(ids07) if k in test_at]
-    trainval07 = [i for k, i in enumerate(ids07) if k not in test_at]
-    ids12 = [f"{2008 + 4 * k // num_2012_trainval}_{8 + 2 * k:06d}" for k in range(num_2012_trainval)]
+    ids07, trainval07, test07, ids12 = _standin_ids(num_2007_trainval, num_2007_test, num_2012_trainval)
     samples07 = [(image_id, (seed, n)) for n, image_id in enumerate(ids07, start=1)]
     samples12 = [(image_id, (seed, 2012, k)) for k, image_id in enumerate(ids12)]
     total, done = len(samples07) + len(samples12), 0
@@ -239,6 +232,21 @@ def write_voc_standins(
                                     year, image_set, tuple(set_ids), difficult))
     logger.info("wrote VOC stand-ins %s into %s", ", ".join(s.filename for s in standins), out_dir)
     return tuple(standins)  # type: ignore[return-value]
+
+
+def _standin_ids(num_2007_trainval: int, num_2007_test: int,
+                 num_2012_trainval: int) -> tuple[list[str], list[str], list[str], list[str]]:
+    """(all 2007 ids, 2007 trainval, 2007 test, 2012 trainval): 2007 test ids spread through one number range."""
+    if min(num_2007_trainval, num_2007_test, num_2012_trainval) < 1:
+        raise ValueError("every stand-in archive needs at least one image, got "
+                         f"{num_2007_trainval}, {num_2007_test}, {num_2012_trainval}")
+    ids07 = [f"{n:06d}" for n in range(1, num_2007_trainval + num_2007_test + 1)]
+    test_at = _spread(num_2007_test, len(ids07))
+    test07 = [i for k, i in enumerate(ids07) if k in test_at]
+    trainval07 = [i for k, i in enumerate(ids07) if k not in test_at]
+    # Official VOC2012 ids carry the year the image was added (2008-2011), numbers ascending within a year.
+    ids12 = [f"{2008 + 4 * k // num_2012_trainval}_{8 + 2 * k:06d}" for k in range(num_2012_trainval)]
+    return ids07, trainval07, test07, ids12
 
 
 def _draw_spec(image_size, classes, max_objects, object_size, difficult_size, difficult_fraction,
