@@ -235,7 +235,8 @@ def _finish_run(params: Params, active) -> dict:
     images, _ = load_split(Path(params.data.root) / "prepared", "test")
     example = Path(params.data.root) / images.iloc[0]["path"]
     info = log_pyfunc(WEIGHTS, example_image=example, score_threshold=params.eval.draw_score_threshold,
-                      nms_iou_threshold=params.eval.nms_iou_threshold, max_detections=params.eval.max_detections)
+                      nms_iou_threshold=params.eval.nms_iou_threshold, max_detections=params.eval.max_detections,
+                      serve=params.serve)
     mlflow.end_run()
     (Path(params.train.checkpoint_dir) / "mlflow_run_id").unlink(missing_ok=True)  # the run is complete
     return {"mlflow_run_id": active.info.run_id, "model_uri": info.model_uri,

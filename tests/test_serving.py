@@ -1,6 +1,5 @@
-"""Serving the registered champion: pyfunc in a fresh process, `mlflow models serve` over HTTP, `yolov1 predict`.
-
-Uses the session's tiny workspace (tests/pipeline_fixtures.py); the registry lives in its sqlite store.
+"""Serving: the pyfunc's refusals in-process (fast), then the registered champion in a fresh process, over
+`mlflow models serve` HTTP and through `yolov1 predict` (slow: the session's tiny workspace, tests/pipeline_fixtures.py).
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -23,7 +23,6 @@ import yaml
 
 from tests.pipeline_fixtures import Workspace, profile_classes, run_cmd, sample_image, shared_workspace
 
-pytestmark = pytest.mark.slow
 
 COLUMNS = ["image", "label", "score", "xmin", "ymin", "xmax", "ymax"]
 SERVE_DEADLINE_S = 180  # mlflow + torch import and model load on 2 busy cores; only bounds a hung server
@@ -36,9 +35,112 @@ model = mlflow.pyfunc.load_model(sys.argv[1])
 image_path, b64 = sys.argv[2], open(sys.argv[3]).read()
 every = {"score_threshold": 0.0}
 out = {key: model.predict(pd.DataFrame({"image": images}), params=every).to_dict(orient="split")
-       for key, images in (("b64", [b64]), ("path", [image_path]), ("both", [image_path, b64]))}
+       for key, images in (("b64", [b64]), ("both", [b64, b64]))}
+try:
+    model.predict(pd.DataFrame({"image": [image_path]}))
+    out["path"] = "accepted"
+except Exception as err:
+    out["path"] = str(err)
 print("RESULT " + json.dumps(out))
 """
+
+
+# -- the pyfunc in-process: what a served model accepts and refuses (fast) -------------------------------------
+
+LIMITS = {"max_image_pixels": 1_000_000, "max_rows": 4, "max_request_bytes": 200_000}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A loaded YoloV1Pyfunc over a tiny random net (threshold 0: every NMS survivor is returned)."""
+    import types
+
+    import torch
+
+    from pipelines.pyfunc import YoloV1Pyfunc
+    from yolov1.checkpoint import save_weights
+    from yolov1.config import ModelConfig
+    from yolov1.model import build_model
+
+    cfg = ModelConfig(variant="fast", input_size=64, grid_size=2, boxes_per_cell=2, num_classes=3, batch_norm=True,
+                      width_multiplier=0.125, head="conv", head_hidden=16, dropout=0.0)
+    torch.manual_seed(0)
+    path = save_weights(tmp_path_factory.mktemp("w") / "yolov1.pt", build_model(cfg), cfg, ["a", "b", "c"])
+    model = YoloV1Pyfunc(score_threshold=0.0, nms_iou_threshold=0.5, max_detections=10, **LIMITS)
+    model.load_context(types.SimpleNamespace(artifacts={"weights": str(path)}))
+    return model
+
+
+def _png_b64(width: int = 40, height: int = 30) -> str:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _refusal(model, images: list, params: dict | None = None) -> str:
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException) as err:
+        model.predict(None, pd.DataFrame({"image": images}), params=params)
+    assert err.value.get_http_status_code() == 400 and "stack_trace" not in err.value.json_kwargs
+    return err.value.message
+
+
+def test_served_model_predicts_base64_images(served):
+    import pandas as pd
+
+    out = served.predict(None, pd.DataFrame({"image": [_png_b64(), _png_b64(50, 20)]}))
+    assert list(out.columns) == COLUMNS and set(out["image"]) <= {0, 1} and len(out) > 0
+    assert (out.loc[out["image"] == 1, "xmax"] <= 50).all() and (out.loc[out["image"] == 1, "ymax"] <= 20).all()
+
+
+def test_served_model_never_reads_server_side_paths(served, tmp_path):
+    existing = tmp_path / "real.png"
+    existing.write_bytes(base64.b64decode(_png_b64()))
+    messages = {_refusal(served, [str(p)]) for p in (existing, tmp_path / "gone.png", "/etc/shadow", "/etc/passwd")}
+    # One refusal for every path, existing or not, readable or not: the answer says nothing about the disk.
+    assert messages == {"row 0: expected base64 text of encoded image bytes (JPEG/PNG); server-side paths are not "
+                        "accepted"}
+    assert _refusal(served, [base64.b64encode(b"not an image").decode()]) == messages.pop()
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), -0.1, 1.5, "0.5", True])
+def test_served_model_validates_params(served, threshold):
+    message = _refusal(served, [_png_b64()], {"score_threshold": threshold})
+    assert message.startswith("params.score_threshold: expected a number in [0, 1]")
+    assert _refusal(served, [_png_b64()], {"iou": 0.3}).startswith("params: unknown ['iou']")
+
+
+def test_served_model_limits(served):
+    assert "5 images in one request; the limit is 4 (serve.max_rows)" in _refusal(served, [_png_b64()] * 5)
+    big = base64.b64encode(b"\0" * 210_000).decode()  # 280,000 base64 characters > 200,000
+    assert "280,000 bytes of image data in one request; the limit is 200,000" in _refusal(served, [big])
+    cut = base64.b64encode(base64.b64decode(_png_b64())[:16]).decode()  # a PNG cut inside its header
+    assert _refusal(served, [cut]).startswith("row 0: expected base64 text of encoded image bytes")
+    from tests.test_predict import _bomb_png
+
+    message = _refusal(served, [_png_b64(), base64.b64encode(_bomb_png(2000, 1000)).decode()])
+    assert message == ("row 1: 2000x1000 = 2,000,000 pixels exceeds the limit of 1,000,000 "
+                       "(serve.max_image_pixels); refused before decoding")
+
+
+def test_pickled_model_is_plain_numbers(served):
+    import pickletools
+
+    import cloudpickle
+
+    blob = cloudpickle.dumps(served)  # what mlflow.pyfunc.log_model stores as python_model.pkl
+    assert len(blob) < 4096  # numbers and a class reference; the weights are the artifact
+    modules = {arg for op, arg, _ in pickletools.genops(blob) if op.name in ("SHORT_BINUNICODE", "BINUNICODE")
+               and isinstance(arg, str) and arg.startswith("torch")}
+    assert not modules, modules
+    assert cloudpickle.loads(blob)._detector is None and served._detector is not None
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +165,7 @@ def _check_detections(columns: list[str], rows: list[list], width: int, height: 
         assert 0.0 <= xmin <= xmax <= width and 0.0 <= ymin <= ymax <= height
 
 
+@pytest.mark.slow
 def test_champion_loads_and_predicts_in_a_fresh_process(ws, image, tmp_path):
     path, width, height, b64 = image
     b64_file = tmp_path / "image.b64"
@@ -72,12 +175,11 @@ def test_champion_loads_and_predicts_in_a_fresh_process(ws, image, tmp_path):
                           str(b64_file)], cwd=tmp_path, env=ws.env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     result = json.loads(out.stdout.split("RESULT ", 1)[1])
-    for key, n_images in (("b64", 1), ("path", 1), ("both", 2)):
+    for key, n_images in (("b64", 1), ("both", 2)):
         _check_detections(result[key]["columns"], result[key]["data"], width, height, n_images)
     assert result["b64"]["data"], "threshold 0 keeps every box that survives NMS: there must be detections"
-    # The same image as a path and as base64 gives the same detections (a batch of 2 may differ in the last bits).
-    assert result["path"]["data"] == result["b64"]["data"]
     assert {row[0] for row in result["both"]["data"]} == {0, 1}
+    assert "server-side paths are not accepted" in result["path"]  # a served model never opens files
 
 
 def _free_port() -> int:
@@ -119,6 +221,17 @@ def _invoke(port: int, payload: dict) -> list[dict]:
         return json.loads(resp.read())["predictions"]
 
 
+@pytest.mark.slow
+def _invoke_raw(port: int, payload: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
 def test_mlflow_models_serve_answers_invocations(ws, image):
     path, width, height, b64 = image
     port = _free_port()
@@ -142,6 +255,15 @@ def test_mlflow_models_serve_answers_invocations(ws, image):
         logged = yaml.safe_load((ws.path / "params.yaml").read_text())["eval"]["draw_score_threshold"]
         default = _invoke(port, {"dataframe_split": split})
         assert all(d["score"] > logged for d in default) and len(default) <= len(detections)
+        # Refusals: HTTP 400, our one-line message, no stack trace, nothing about the server's files.
+        for payload, words in [
+            ({"dataframe_split": {"columns": ["image"], "data": [["/etc/shadow"]]}}, "server-side paths are not"),
+            ({"dataframe_split": {"columns": ["image"], "data": [[str(path)]]}}, "server-side paths are not"),
+            ({"dataframe_split": split, "params": {"score_threshold": -1.0}}, "params.score_threshold: expected"),
+        ]:
+            status, body = _invoke_raw(port, payload)
+            assert status == 400 and words in body["message"], body
+            assert "stack_trace" not in body and "Traceback" not in body["message"]
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -154,6 +276,7 @@ def test_mlflow_models_serve_answers_invocations(ws, image):
             proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_predict_cli_with_weights_file_writes_json_and_pictures(ws, image, tmp_path, monkeypatch):
     from pipelines.predict import main
 
@@ -173,6 +296,7 @@ def test_predict_cli_with_weights_file_writes_json_and_pictures(ws, image, tmp_p
             assert 0 <= xmin <= xmax <= result["width"] and 0 <= ymin <= ymax <= result["height"]
 
 
+@pytest.mark.slow
 def test_predict_cli_resolves_a_registry_uri(ws, image, tmp_path):
     # In a subprocess: resolving the URI points mlflow's global tracking URI at the workspace store.
     out_dir = tmp_path / "pred"
