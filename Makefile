@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup test test-fast lint bench demo run clean help
+.PHONY: setup test test-scaleout test-fast lint bench demo run clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,8 +24,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev]'
 	@touch $@
 
-test: $(STAMP)  ## run the test suite (sets up first if needed)
-	$(VENV)/bin/pytest -q
+test: $(STAMP)  ## run the test suite (sets up first if needed); the scale-out group runs in test-scaleout
+	$(VENV)/bin/pytest -q -m "not scaleout"
+
+test-scaleout: $(STAMP)  ## real servers on loopback: MLflow on PostgreSQL, a Prefect work pool, a DVC remote
+	$(VENV)/bin/pytest -q -m scaleout
 
 test-fast: $(STAMP)  ## the tests without the slow end-to-end ones
 	$(VENV)/bin/pytest -q -m "not slow"
