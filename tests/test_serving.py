@@ -221,7 +221,6 @@ def _invoke(port: int, payload: dict) -> list[dict]:
         return json.loads(resp.read())["predictions"]
 
 
-@pytest.mark.slow
 def _invoke_raw(port: int, payload: dict) -> tuple[int, dict]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -232,6 +231,7 @@ def _invoke_raw(port: int, payload: dict) -> tuple[int, dict]:
         return err.code, json.loads(err.read())
 
 
+@pytest.mark.slow
 def test_mlflow_models_serve_answers_invocations(ws, image):
     path, width, height, b64 = image
     port = _free_port()
