@@ -217,3 +217,28 @@ def test_accuracy_profiles_load_and_build(profile, backbone, pretrained):
     with torch.device("meta"):
         model = build_model(params.model, load_pretrained_weights=False)
         assert model(torch.empty(1, 3, 448, 448, device="meta")).shape == (1, 7, 7, 30)
+
+
+def test_training_starts_from_the_file_and_keeps_a_frozen_backbone(tmp_path):
+    """The train loop builds the net with `build_model`, so ``model.pretrained`` reaches training; with the
+    backbone frozen for the only epoch, its tensors (BN statistics included) end equal to the file's."""
+    from pipelines.workspace import load_profile
+    from yolov1.config import params_from_dict
+    from yolov1.train import train
+
+    reference = torchvision_state("resnet18", 7)
+    torch.save(reference, tmp_path / "r18.pth")
+    raw = load_profile("tiny")
+    params = params_from_dict(raw)
+    model_cfg = cfg(pretrained=str(tmp_path / "r18.pth"), num_classes=params.model.num_classes)
+    train_cfg = dataclasses.replace(params.train, epochs=1, batch_size=4, num_workers=0, val_every=0,
+                                    resume="never", checkpoint_dir=str(tmp_path / "ckpt"), freeze_backbone_epochs=1)
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(8, 3, 64, 64, generator=gen)
+    targets = torch.zeros(8, 2, 2, 5 + model_cfg.num_classes)
+    targets[:, 0, 0, :5] = torch.tensor([0.5, 0.5, 0.4, 0.4, 1.0])  # one object per image, in cell (0, 0)
+    targets[:, 0, 0, 5] = 1.0
+    result = train(model_cfg, train_cfg, torch.utils.data.TensorDataset(images, targets))
+    assert result.steps == 2 and all(torch.isfinite(torch.tensor(v)) for v in result.final_metrics.values())
+    for key, value in result.model.backbone.state_dict().items():
+        assert torch.equal(value.cpu(), reference[key]), key
