@@ -43,5 +43,7 @@ def test_redact_never_raises_and_keeps_non_urls(value):
         assert out == value
 
 
-def test_redact_handles_urls_urlsplit_rejects():
-    assert SECRET not in redact(f"http://u:{SECRET}@[::1/x")
+@pytest.mark.parametrize("url", [f"http://u:{SECRET}@[::1/x", f"http://[::1/x?token={SECRET}&a=1"])
+def test_redact_handles_urls_urlsplit_rejects(url):
+    assert SECRET not in redact(url)
+    assert SECRET not in redact_url(url)

@@ -51,5 +51,7 @@ def redact(text: object) -> str:
 
 
 def _redact_userinfo_raw(url: str) -> str:
-    """Fallback for strings urlsplit rejects (e.g. a bad IPv6 literal): mask anything between :// and the last @."""
-    return re.sub(r"(://[^/@\s]*?:)[^/@\s]*@", rf"\1{MASK}@", url)
+    """Fallback for strings urlsplit rejects (e.g. a bad IPv6 literal): mask the userinfo and secret query values."""
+    url = re.sub(r"(://[^/@\s]*?:)[^/@\s]*@", rf"\1{MASK}@", url)
+    base, sep, query = url.partition("?")
+    return base + sep + "&".join(_redact_pair(pair) for pair in query.split("&")) if sep else base
