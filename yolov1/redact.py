@@ -16,7 +16,7 @@ _SECRET_KEYS = re.compile(
     r"(token|key|secret|passw|pwd|sig|signature|auth|credential|session|code|x-amz-[a-z-]+)", re.IGNORECASE
 )
 # scheme://[userinfo@]host... up to whitespace or a quote/bracket that ends a URL inside prose or repr().
-_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]{},]+(?<![.:;!?])")
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>(){},]+(?<![.:;!?\]])")  # [] kept: IPv6 hosts
 
 
 def redact_url(url: str) -> str:
