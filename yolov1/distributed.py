@@ -18,11 +18,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from yolov1.checkpoint import get_rng_state
 
 __all__ = ["DistInfo", "LaunchFailed", "agree", "barrier", "check_replicas_agree", "gather_rng", "init_distributed",
-           "launch", "maybe_sync_batch_norm", "resolve_device", "world_size_for"]
+           "launch", "maybe_sync_batch_norm", "resolve_device", "world_size_for", "wrap_ddp"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,15 @@ def maybe_sync_batch_norm(model: nn.Module, enabled: bool, d: DistInfo, device: 
                        "BatchNorm statistics", d.world)
         return model
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def wrap_ddp(model: nn.Module, d: DistInfo, device: torch.device) -> DistributedDataParallel | None:
+    """`model` in DistributedDataParallel when several processes train (one GPU per rank on CUDA), else None.
+    DDP registers only the parameters that require grad when it is built: after (un)freezing, build a new one."""
+    if not d.enabled:
+        return None
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids, gradient_as_bucket_view=True)
 
 
 def agree(flag: bool, d: DistInfo) -> bool:

@@ -2,6 +2,10 @@
 accumulation, backbone freezing and LR multiplier, background checkpoints (last and best), exact resume, SIGTERM
 handling, a non-finite-loss guard and DistributedDataParallel (see `yolov1.distributed` for the launch).
 
+The parts live in their own modules: `yolov1.step` (one optimizer step), `yolov1.run_checkpoints` (last.pt /
+best.pt), `yolov1.sampler` (the loader), `yolov1.freeze`, `yolov1.loss_window` (the non-finite guard),
+`yolov1.runtime` (SIGTERM, determinism) and `yolov1.distributed`; this module runs the loop over them.
+
 Progress goes to a `TrainCallbacks` object the caller supplies (rank 0 only); the library holds no tracking
 client and only logs. Steps and epochs are counted 1-based in callbacks, messages and checkpoints ("step 3" is
 the third optimizer step; a checkpoint at step 3 holds the state after it).
@@ -15,34 +19,21 @@ batch. Only BatchNorm sees the micro-batch (unless ``sync_batch_norm`` pools its
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import math
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from yolov1.checkpoint import (
-    AsyncCheckpointWriter,
-    load_checkpoint,
-    params_hash,
-    remove_stale_temp_files,
-    set_rng_state,
-    snapshot,
-)
+from yolov1.checkpoint import set_rng_state
 from yolov1.config import ModelConfig, TrainConfig
 from yolov1.data import images_to_float
 from yolov1.distributed import (
@@ -54,27 +45,25 @@ from yolov1.distributed import (
     init_distributed,
     maybe_sync_batch_norm,
     resolve_device,
+    wrap_ddp,
 )
+from yolov1.freeze import set_backbone_frozen, train_mode
 from yolov1.loss import YoloLoss
+from yolov1.loss_window import LossWindow, NonFiniteLossError, loss_metrics
 from yolov1.model import build_model
-from yolov1.sampler import ResumableSampler
+from yolov1.run_checkpoints import BEST_NAME, CHECKPOINT_NAME, ResumeError, RunCheckpoints, run_hash
+from yolov1.runtime import StopFlag, autocast_dtype, deterministic, sigterm_flag
+from yolov1.sampler import PREFETCH_FACTOR, ResumableSampler, train_loader
 from yolov1.schedule import build_scheduler
-from yolov1.step import LOSS_KEYS as _LOSS_KEYS
 from yolov1.step import backward_micro_batch, build_optimizer, micro_batch_size, optimizer_step, training_step
 
 __all__ = [
-    "BEST_NAME", "CHECKPOINT_NAME", "NonFiniteLossError", "ResumeError", "TrainCallbacks", "TrainResult",
-    "TrainingInterrupted", "build_optimizer", "micro_batch_size", "resolve_device", "train", "training_step",
+    "BEST_NAME", "CHECKPOINT_NAME", "PREFETCH_FACTOR", "NonFiniteLossError", "ResumeError", "TrainCallbacks",
+    "TrainResult", "TrainingInterrupted", "build_optimizer", "micro_batch_size", "resolve_device", "train",
+    "training_step",
 ]
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_NAME = "last.pt"
-BEST_NAME = "best.pt"
-# TrainConfig keys that change how fast or where a run goes, or what it reports, but not the weights it
-# produces: a checkpoint stays resumable when only these change.
-_NOT_HASHED = ("device", "channels_last", "compile", "num_workers", "deterministic", "resume", "checkpoint_dir",
-               "log_every", "val_every", "val_images", "gpus", "checkpoint_every")
 
 
 class TrainCallbacks(Protocol):
@@ -85,18 +74,6 @@ class TrainCallbacks(Protocol):
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
         """After each epoch: epoch means of the losses, lr, images_per_s, and val_<key> from `val_fn`."""
-
-
-class ResumeError(RuntimeError):
-    """The checkpoint in checkpoint_dir belongs to a run with different params."""
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss (or gradient norm) became NaN/inf; the last good checkpoint on disk was left untouched."""
-
-    def __init__(self, message: str, *, step: int, epoch: int, components: dict[str, float]) -> None:
-        super().__init__(message)
-        self.step, self.epoch, self.components = step, epoch, components
 
 
 class TrainingInterrupted(RuntimeError):
@@ -155,9 +132,8 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, dataset: Dataset, *,
     CPU with ``num_workers: 0`` a resumed run ends bit-identical to an uninterrupted one. A NaN/inf loss raises
     `NonFiniteLossError` without writing a checkpoint after the bad step.
 
-    Backbone options (models with a ``.backbone`` submodule): for the first ``freeze_backbone_epochs`` epochs
-    the backbone gets no gradients (requires_grad False) and its BatchNorm layers stay in eval mode (running
-    statistics frozen too); its param groups run at ``lr x backbone_lr_multiplier`` (`build_optimizer`).
+    Backbone options (models with a ``.backbone`` submodule): frozen for the first ``freeze_backbone_epochs``
+    epochs (`yolov1.freeze`); its param groups run at ``lr x backbone_lr_multiplier`` (`build_optimizer`).
 
     `collate_fn` / `worker_init_fn` go to the DataLoader (`yolov1.data.collate_train` / `worker_init_fn`).
     `val_fn(model, epoch)` runs on rank 0 every ``val_every`` epochs and after the last one (model in eval
@@ -178,56 +154,47 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, dataset: Dataset, *,
     build_fn = build_fn or build_model
     dist_info, dev = init_distributed(device if device is not None else train_cfg.device)
     try:
-        with _deterministic(train_cfg.deterministic, dev):
+        with deterministic(train_cfg.deterministic, dev):
             run = _Run(model_cfg, train_cfg, dataset, Path(checkpoint_dir or train_cfg.checkpoint_dir), callbacks,
                        val_fn, (collate_fn, worker_init_fn), build_fn, checkpoint_every_steps, hash_extra,
                        dist_info, dev, (list(classes) if classes is not None else None, best_metric))
             try:
-                with run.sigterm_flag():
+                with sigterm_flag(run.stop):
                     return run.fit()
             finally:
-                run.finish_writes()
+                run.checkpoints.wait()
     finally:
         if dist_info.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
-@dataclass
-class _Window:
-    """Per-step loss vectors since the last check, kept on the device so checking them costs one sync."""
-
-    values: list[Tensor] = field(default_factory=list)
-    steps: list[tuple[int, int]] = field(default_factory=list)  # (global step, epoch), 1-based
-    started: float = field(default_factory=time.perf_counter)
-
-
 class _Run:
+    """One call of `train`: the model, optimizer, schedule and loader of this rank, and the loop over them."""
+
     def __init__(self, model_cfg, cfg: TrainConfig, dataset, checkpoint_dir: Path, callbacks, val_fn, loader_fns,
                  build_fn, checkpoint_every_steps: int, hash_extra, dist_info: DistInfo, device: torch.device,
                  best_spec) -> None:
-        self.cfg, self.model_cfg, self.dataset = cfg, model_cfg, dataset
-        self.callbacks, self.val_fn = callbacks, val_fn
-        self.checkpoint_path = checkpoint_dir / CHECKPOINT_NAME
-        self.best_path = checkpoint_dir / BEST_NAME
-        self.classes, self.best_metric = best_spec
+        self.cfg, self.callbacks, self.val_fn = cfg, callbacks, val_fn
         self.checkpoint_every = checkpoint_every_steps
         self.dist, self.device = dist_info, device
         self.accumulation = cfg.grad_accumulation
         self.micro = micro_batch_size(cfg.batch_size, self.dist.world, self.accumulation)
         self.per_step = self.micro * self.accumulation  # samples of one rank per optimizer step
-        self.hash = params_hash({"model": model_cfg, "train": _hashed(cfg), "dataset_len": len(dataset),
-                                 "extra": hash_extra or {}})
-        self.autocast = _autocast_dtype(cfg.precision, self.device)
-        self.channels_last = cfg.channels_last and self.device.type == "cuda"
-        self.memory_format = torch.channels_last if self.channels_last else torch.preserve_format
-        self.stop_requested = False
+        self.hash = run_hash(model_cfg, cfg, len(dataset), hash_extra)
+        classes, best_metric = best_spec
+        self.checkpoints = RunCheckpoints(checkpoint_dir, params_hash=self.hash, model_cfg=model_cfg,
+                                          classes=classes, best_metric=best_metric, rank=self.dist.rank)
+        self.autocast = autocast_dtype(cfg.precision, self.device)
+        channels_last = cfg.channels_last and self.device.type == "cuda"
+        self.memory_format = torch.channels_last if channels_last else torch.preserve_format
+        self.stop = StopFlag()
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
         model = maybe_sync_batch_norm(build_fn(model_cfg), cfg.sync_batch_norm, self.dist, self.device)
         self.model = model.to(self.device, memory_format=self.memory_format).train()
         self.optimizer = build_optimizer(self.model, cfg)  # checks the backbone options against the model
         self.frozen: bool | None = None
-        self.ddp: DistributedDataParallel | None = None
+        self.ddp = None
         self.forward: nn.Module = self.model
         self.loss_fn = YoloLoss(cfg.loss, boxes_per_cell=model_cfg.boxes_per_cell, num_classes=model_cfg.num_classes)
         probe = ResumableSampler(dataset, rank=self.dist.rank, world=self.dist.world, seed=cfg.seed)
@@ -239,17 +206,15 @@ class _Run:
                                         limit=self.steps_per_epoch * self.per_step)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, cfg)
-        self.loader = self._make_loader(*loader_fns)
+        collate_fn, worker_init_fn = loader_fns
+        self.loader = train_loader(dataset, self.sampler, micro_batch=self.micro, num_workers=cfg.num_workers,
+                                   seed=cfg.seed, rank=self.dist.rank, pin_memory=self.device.type == "cuda",
+                                   collate_fn=collate_fn, worker_init_fn=worker_init_fn)
         self.global_step = self.epoch = self.step_in_epoch = self.start_step = 0
         self.epoch_sums = torch.zeros(6, dtype=torch.float64)
         self.last_metrics: dict[str, float] = {}
-        self.best: dict[str, Any] | None = None  # {"metric", "value", "epoch"} of best.pt
         self.rng = None
         self.lr = cfg.lr
-        self.writers = {CHECKPOINT_NAME: AsyncCheckpointWriter(), BEST_NAME: AsyncCheckpointWriter()}
-        if self.dist.rank == 0:
-            remove_stale_temp_files(self.checkpoint_path)
-            remove_stale_temp_files(self.best_path)
 
     # -- the loop -------------------------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -262,15 +227,14 @@ class _Run:
         while self.epoch < self.cfg.epochs:
             self._run_epoch()
         check_replicas_agree(self.model, self.dist)
-        self.finish_writes()
+        self.checkpoints.wait()
         wall = time.perf_counter() - t0
         done_images = self.global_step * self.cfg.batch_size - images0
-        best = {**self.best, "path": self.best_path} if self.best is not None else None
         return TrainResult(model=self.model, steps=self.global_step, epochs=self.epoch,
                            final_metrics=dict(self.last_metrics), wall_time_s=wall,
                            images_per_second=done_images / wall if wall > 0 else 0.0,
                            resumed_from_step=self.start_step, params_hash=self.hash,
-                           checkpoint=self.checkpoint_path, best=best)
+                           checkpoint=self.checkpoints.last_path, best=self.checkpoints.best_result())
 
     def _run_epoch(self) -> None:
         self._set_frozen(self.epoch < self.cfg.freeze_backbone_epochs)
@@ -279,7 +243,7 @@ class _Run:
         if self.rng is not None:  # restored last, right before the first step, so nothing else draws from it
             set_rng_state(self.rng, self.device)
             self.rng = None
-        window, epoch_start = _Window(), time.perf_counter()
+        window, epoch_start = LossWindow(), time.perf_counter()
         epoch_steps_before = self.step_in_epoch
         micro, parts = 0, None
         for images, targets in self.loader:
@@ -300,19 +264,19 @@ class _Run:
             self.scheduler.step()
             self.global_step += 1
             self.step_in_epoch += 1
-            window.values.append(torch.cat([parts / self.accumulation, grad_norm.reshape(1)]))  # (6,)
-            window.steps.append((self.global_step, self.epoch + 1))
+            window.add(torch.cat([parts / self.accumulation, grad_norm.reshape(1)]), self.global_step,
+                       self.epoch + 1)  # (6,)
             if self._step_boundary(window):
-                window = _Window()
+                window = LossWindow()
         seconds = time.perf_counter() - epoch_start
         self._end_epoch(seconds, self.step_in_epoch - epoch_steps_before)
 
-    def _step_boundary(self, window: _Window) -> bool:
+    def _step_boundary(self, window: LossWindow) -> bool:
         """Checks, logging, step checkpoints and SIGTERM after an optimizer step; True when `window` was used."""
         epoch_end = self.step_in_epoch == self.steps_per_epoch
         log_due = self.global_step % self.cfg.log_every == 0
         save_due = self.checkpoint_every > 0 and self.global_step % self.checkpoint_every == 0
-        stop = agree(self.stop_requested, self.dist)
+        stop = agree(self.stop.requested, self.dist)
         if not (log_due or save_due or stop or epoch_end):
             return False
         means = self._check(window)  # raises NonFiniteLossError before anything is saved
@@ -320,9 +284,10 @@ class _Run:
             self._save()
         if log_due and self.callbacks is not None and self.dist.rank == 0:
             elapsed = time.perf_counter() - window.started
-            self.callbacks.on_step(self.global_step, {**self._loss_metrics(means), **self._lrs(),
-                                   "images_per_s": len(window.values) * self.cfg.batch_size / elapsed,
-                                   "epoch": self.global_step / self.steps_per_epoch})
+            self.callbacks.on_step(self.global_step, {
+                **loss_metrics(means, self.cfg.grad_clip_norm > 0), **self._lrs(),
+                "images_per_s": len(window.values) * self.cfg.batch_size / elapsed,
+                "epoch": self.global_step / self.steps_per_epoch})
         if stop and not epoch_end:
             self._interrupt()
         return True
@@ -330,8 +295,8 @@ class _Run:
     def _end_epoch(self, seconds: float, steps: int) -> None:
         self.epoch += 1
         self.step_in_epoch = 0
-        metrics = {**self._loss_metrics(self.epoch_sums / self.steps_per_epoch), **self._lrs(),
-                   "epoch_time_s": seconds,
+        means = self.epoch_sums / self.steps_per_epoch
+        metrics = {**loss_metrics(means, self.cfg.grad_clip_norm > 0), **self._lrs(), "epoch_time_s": seconds,
                    "images_per_s": steps * self.cfg.batch_size / seconds if seconds > 0 else 0.0}
         self.epoch_sums.zero_()
         self.last_metrics = metrics
@@ -340,12 +305,12 @@ class _Run:
                 self.epoch % self.cfg.val_every == 0 or self.epoch == self.cfg.epochs):
             val = self._validate()
             metrics.update({f"val_{k}": v for k, v in val.items()})
-            improved = self._note_best(val)
-        stop = agree(self.stop_requested, self.dist)
+            improved = self.checkpoints.note_best(val, self.epoch)
+        stop = agree(self.stop.requested, self.dist)
         if self.epoch % self.cfg.checkpoint_every == 0 or self.epoch == self.cfg.epochs or stop:
             self._save()  # last.pt records the best so far, so a resumed run keeps comparing against it
         if improved:
-            self._save_best()
+            self.checkpoints.save_best(self.model, epoch=self.epoch, steps=self.global_step)
         logger.info("epoch %d/%d (step %d): loss %.4f, lr %.3g, %.1f images/s", self.epoch, self.cfg.epochs,
                     self.global_step, metrics["loss"], metrics["lr"], metrics["images_per_s"])
         if self.callbacks is not None and self.dist.rank == 0:
@@ -361,12 +326,6 @@ class _Run:
             out["lr_backbone"] = self.lr * self.cfg.backbone_lr_multiplier
         return out
 
-    def _loss_metrics(self, means: Tensor) -> dict[str, float]:
-        """(6,) means -> named floats; grad_norm only when clipping computes it."""
-        names = ("loss", "loss_coord", "loss_obj", "loss_noobj", "loss_class", "grad_norm")
-        count = 6 if self.cfg.grad_clip_norm > 0 else 5
-        return {name: float(v) for name, v in zip(names[:count], means.tolist()[:count], strict=True)}
-
     def _images(self, images: Tensor) -> Tensor:
         """Loader images (N, 3, H, W), uint8 or float, -> float32 [0, 1] on the device (uint8 crosses the bus)."""
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
@@ -381,134 +340,59 @@ class _Run:
             finally:
                 self._train_mode()
 
-    # -- backbone freezing ----------------------------------------------------------------------------------
     def _set_frozen(self, frozen: bool) -> None:
-        """(Un)freeze the backbone, and (re)build the DDP / compile wrappers: DDP registers only the parameters
-        that require grad when it is built, so a change of the frozen set needs a new wrapper."""
+        """(Un)freeze the backbone (`yolov1.freeze`) and (re)build the DDP / compile wrappers, which a change of
+        the set of trainable parameters invalidates."""
         if frozen == self.frozen:
             return
-        backbone = getattr(self.model, "backbone", None)
-        if backbone is not None and self.cfg.freeze_backbone_epochs > 0:
-            for p in backbone.parameters():
-                p.requires_grad_(not frozen)
+        if self.cfg.freeze_backbone_epochs > 0 and set_backbone_frozen(self.model, frozen):
             logger.info("backbone %s at epoch %d", "frozen" if frozen else "trainable", self.epoch + 1)
         first, self.frozen = self.frozen is None, frozen
-        self.forward = self.model
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.model, device_ids=ids, gradient_as_bucket_view=True)
-            self.forward = self.ddp
+        self.ddp = wrap_ddp(self.model, self.dist, self.device)
+        self.forward = self.ddp if self.ddp is not None else self.model
         if self.cfg.compile and self.device.type == "cuda":
             self.forward = torch.compile(self.forward)
         elif self.cfg.compile and first:
             logger.warning("train.compile is only used on CUDA; training uncompiled on %s", self.device)
 
-    def _train_mode(self) -> None:
-        """Training mode, except a frozen backbone's BatchNorm layers: eval (running statistics fixed)."""
-        self.model.train()
-        if self.frozen and self.cfg.freeze_backbone_epochs > 0:
-            for module in self.model.backbone.modules():
-                if isinstance(module, _BatchNorm):
-                    module.eval()
+    def _train_mode(self) -> None:  # a frozen backbone's BatchNorm layers stay in eval mode
+        train_mode(self.model, frozen_backbone=bool(self.frozen) and self.cfg.freeze_backbone_epochs > 0)
 
-    # -- checks ---------------------------------------------------------------------------------------------
-    def _check(self, window: _Window) -> Tensor:
-        """Sync once: the window's per-step losses; raise if any is not finite; return the means (6,)."""
-        values = torch.stack(window.values).double().cpu()  # (steps, 6)
-        finite = torch.isfinite(values).all(dim=1)  # (steps,)
-        bad = len(window.steps) if bool(finite.all()) else int((~finite).nonzero()[0])
-        first_bad = window.steps[bad][0] if bad < len(window.steps) else self.total_steps + 1
-        sums = values.sum(dim=0)
-        if self.dist.enabled:
-            flags = torch.tensor([first_bad], dtype=torch.float64)
-            dist.all_reduce(flags, op=dist.ReduceOp.MIN, group=self.dist.control)
-            dist.all_reduce(sums, group=self.dist.control)
-            sums /= self.dist.world
-            first_bad = int(flags.item())
-        if first_bad <= self.total_steps:
-            self._raise_non_finite(first_bad, window, values)
+    def _check(self, window: LossWindow) -> Tensor:
+        """Sync once: raise if any of the window's steps (on any rank) is not finite; return the means (6,)."""
+        values, sums, bad_step = window.reduce(self.dist, self.total_steps)
+        if bad_step is not None:
+            self.checkpoints.wait()  # a write still in flight is a good state: let it land before reporting
+            path = self.checkpoints.last_path
+            kept = f"last good checkpoint {path} left untouched" if path.is_file() else "no checkpoint was written"
+            raise window.error(bad_step, values, kept)
         self.epoch_sums += sums
         return sums / len(window.values)
 
-    def _raise_non_finite(self, step: int, window: _Window, values: Tensor) -> None:
-        row = [i for i, (s, _) in enumerate(window.steps) if s == step][0]
-        epoch = window.steps[row][1]
-        parts = {k: float(v) for k, v in zip((*_LOSS_KEYS, "grad_norm"), values[row].tolist(), strict=True)}
-        shown = " ".join(f"{k}={v:.4g}" for k, v in parts.items())
-        self.finish_writes()  # a write still in flight is a good state: let it land before reporting
-        kept = (f"last good checkpoint {self.checkpoint_path} left untouched" if self.checkpoint_path.is_file()
-                else "no checkpoint was written")
-        raise NonFiniteLossError(f"non-finite loss at step {step} (epoch {epoch}): {shown}; {kept}",
-                                 step=step, epoch=epoch, components=parts)
-
     def _interrupt(self) -> None:
-        self.finish_writes()
+        self.checkpoints.wait()
         barrier(self.dist)  # no rank exits before rank 0's checkpoint is on disk
-        message = (f"SIGTERM: stopped after step {self.global_step}; checkpoint saved to "
-                   f"{self.checkpoint_path}; run again with train.resume: auto to continue")
+        path = self.checkpoints.last_path
+        message = (f"SIGTERM: stopped after step {self.global_step}; checkpoint saved to {path}; run again with "
+                   f"train.resume: auto to continue")
         logger.warning(message)
-        raise TrainingInterrupted(message, step=self.global_step, checkpoint=self.checkpoint_path)
+        raise TrainingInterrupted(message, step=self.global_step, checkpoint=path)
 
-    # -- checkpoints ----------------------------------------------------------------------------------------
     def _save(self) -> None:
-        """last.pt: rank 0 snapshots the state to the CPU (the only part on the training path) and hands it to
-        the background writer, which first waits for the previous write of last.pt."""
+        """last.pt: every rank hands in its RNG state; rank 0 snapshots and writes in the background."""
         rng = gather_rng(self.dist, self.device)  # collective: every rank takes part
-        if self.dist.rank != 0:
-            return
-        state = snapshot({
-            "format": 1, "params_hash": self.hash, "model_config": dataclasses.asdict(self.model_cfg),
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "global_step": self.global_step, "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch, "rng": rng, "metrics": dict(self.last_metrics),
-            "epoch_sums": self.epoch_sums, "best": dict(self.best) if self.best is not None else None,
-        })
-        self.writers[CHECKPOINT_NAME].submit(self.checkpoint_path, state)
-
-    def _note_best(self, val: dict[str, float]) -> bool:
-        value = val.get(self.best_metric)
-        if value is None:
-            if self.best is None:
-                logger.warning("validation gave no %r (keys %s): best.pt is not written", self.best_metric,
-                               sorted(val))
-            return False
-        if not math.isfinite(value) or (self.best is not None and value <= self.best["value"]):
-            return False
-        self.best = {"metric": self.best_metric, "value": float(value), "epoch": self.epoch}
-        return True
-
-    def _save_best(self) -> None:
-        """best.pt in the `load_weights` format (rank 0 only; called from rank 0's validation result)."""
-        classes = self.classes or [str(i) for i in range(self.model_cfg.num_classes)]
-        state = snapshot({"state_dict": self.model.state_dict(),
-                          "model_config": dataclasses.asdict(self.model_cfg), "classes": classes,
-                          "epoch": self.epoch, "steps": self.global_step, "params_hash": self.hash,
-                          "best": dict(self.best)})
-        self.writers[BEST_NAME].submit(self.best_path, state)
-        logger.info("new best %s %.4f at epoch %d -> %s", self.best["metric"], self.best["value"], self.epoch,
-                    self.best_path)
-
-    def finish_writes(self) -> None:
-        """Wait for every background write; raises the first write error (after waiting for all of them)."""
-        errors = []
-        for writer in self.writers.values():
-            try:
-                writer.wait()
-            except BaseException as err:  # noqa: BLE001  (re-raised below, after the other writers finish)
-                errors.append(err)
-        if errors:
-            raise errors[0]
+        if self.dist.rank == 0:
+            self.checkpoints.save_last({
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "global_step": self.global_step, "epoch": self.epoch,
+                "step_in_epoch": self.step_in_epoch, "rng": rng, "metrics": dict(self.last_metrics),
+                "epoch_sums": self.epoch_sums})
 
     def _restore(self) -> None:
-        path = self.checkpoint_path
-        if self.cfg.resume == "never" or not path.is_file():
+        state = self.checkpoints.load_last(self.cfg.resume)
+        if state is None:
             torch.manual_seed(self.cfg.seed + self.dist.rank)  # each rank its own dropout stream
             return
-        state = load_checkpoint(path)
-        if state.get("params_hash") != self.hash:
-            raise ResumeError(f"checkpoint {path} was written with different params (hash "
-                              f"{str(state.get('params_hash'))[:12]}, now {self.hash[:12]}): delete it or set "
-                              f"train.resume: never")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -516,75 +400,8 @@ class _Run:
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
         self.last_metrics = dict(state["metrics"])
         self.epoch_sums = state["epoch_sums"].clone()
-        self.best = dict(state["best"]) if state.get("best") else None
-        ranks = state["rng"]
-        if len(ranks) != self.dist.world:
-            logger.warning("checkpoint %s was written by %d process(es), resuming with %d: not bit-exact", path,
-                           len(ranks), self.dist.world)
-        self.rng = ranks[self.dist.rank] if len(ranks) == self.dist.world else ranks[0]
+        self.rng = self.checkpoints.rank_rng(state, self.dist.rank, self.dist.world)
         if self.epoch >= self.cfg.epochs:
             set_rng_state(self.rng, self.device)
-        logger.info("resumed from %s at step %d (epoch %d, step %d of it)", path, self.global_step,
-                    self.epoch + 1, self.step_in_epoch)
-
-    # -- plumbing -------------------------------------------------------------------------------------------
-    def _make_loader(self, collate_fn, worker_init_fn) -> DataLoader:
-        workers = self.cfg.num_workers
-        cuda = self.device.type == "cuda"
-        # The loader's own generator seeds the worker processes, so starting an epoch never draws from the
-        # global RNG (which a resume restores); the rank makes each rank's augmentation stream differ.
-        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.dist.rank)
-        return DataLoader(self.dataset, batch_size=self.micro, sampler=self.sampler, num_workers=workers,
-                          collate_fn=collate_fn, pin_memory=cuda, drop_last=True, generator=generator,
-                          worker_init_fn=worker_init_fn, persistent_workers=workers > 0,
-                          prefetch_factor=PREFETCH_FACTOR if workers > 0 else None)
-
-    @contextmanager
-    def sigterm_flag(self):
-        """SIGTERM sets a flag that the loop acts on at the next step boundary; the old handler comes back."""
-        if threading.current_thread() is not threading.main_thread():
-            logger.warning("train() not on the main thread: SIGTERM will not be turned into a checkpoint")
-            yield
-            return
-        previous = signal.getsignal(signal.SIGTERM)
-
-        def handler(signum, frame):  # no logging here: a signal handler must not take the logging lock
-            self.stop_requested = True
-
-        signal.signal(signal.SIGTERM, handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
-
-
-PREFETCH_FACTOR = 4  # batches each loader worker keeps ready (README: the shared memory this takes)
-
-
-@contextmanager
-def _deterministic(enabled: bool, device: torch.device):
-    """Deterministic algorithms for the run when asked, else cuDNN autotuning (fixed input size); restored."""
-    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
-              torch.backends.cudnn.deterministic)
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled, warn_only=True)
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not enabled
-    torch.backends.cudnn.deterministic = enabled
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=True)
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[1], before[2]
-
-
-def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    if precision in ("fp32", "auto"):
-        return None
-    raise ValueError(f"train.precision: expected 'auto', 'fp32' or 'bf16', got {precision!r}")
-
-
-def _hashed(cfg: TrainConfig) -> dict[str, Any]:
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _NOT_HASHED}
+        logger.info("resumed from %s at step %d (epoch %d, step %d of it)", self.checkpoints.last_path,
+                    self.global_step, self.epoch + 1, self.step_in_epoch)
