@@ -463,7 +463,7 @@ def test_sparse_member_is_refused(tmp_path):
 def test_too_little_disk_space_is_refused_before_writing(tmp_path, monkeypatch, voc_tar):
     tar_path = tmp_path / FILENAME
     tar_path.write_bytes(voc_tar)
-    monkeypatch.setattr("yolov1.download.shutil.disk_usage", lambda _p: shutil._ntuple_diskusage(10**9, 10**9, 100))
+    monkeypatch.setattr("yolov1.extract.shutil.disk_usage", lambda _p: shutil._ntuple_diskusage(10**9, 10**9, 100))
     with pytest.raises(ArchiveError, match=r"no space left on device: .* unpacks to \d+ bytes but .* has 100 bytes free"):
         safe_extract(tar_path, tmp_path / "out")
     assert not (tmp_path / "out").exists()
