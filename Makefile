@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip 'setuptools>=68' wheel
 	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pipelines.plots_html --repo .  # `dvc plots show` with the Vega scripts inlined (works offline)
 	@touch $@
 
 test: $(STAMP)  ## run the test suite (sets up first if needed); the scale-out group runs in test-scaleout

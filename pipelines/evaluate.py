@@ -1,7 +1,8 @@
 """The evaluate stage: VOC mAP of the trained model on the test split, with pictures and DVC plot data.
 
 Writes ``reports/metrics.json`` (DVC metrics: map_voc07 — the paper's headline, 11-point — map_area, per-class AP
-by both methods, images/s), ``reports/pr/<class>.csv`` (DVC plots), ``reports/pr_curves.png`` and
+by both methods, images/s), ``reports/pr.csv`` (DVC plot data: class, rank, recall, precision - every class's
+curve in one file, so `dvc plots` draws them on one chart coloured by class), ``reports/pr_curves.png`` and
 ``reports/predictions.png`` (test images with predicted boxes in colour and ground truth in white), and logs all
 of them to the training run in MLflow. Difficult objects are excluded, as in the devkit; IoU is computed on
 continuous pixels, which equals the devkit's +1 convention on VOC's integer boxes. A detection matches at
@@ -67,7 +68,7 @@ def score(params: Params, weights: Path):
 def run(params: Params, *, weights: Path = WEIGHTS, reports: Path = REPORTS, track: bool = True) -> dict:
     result, metrics, classes, images = score(params, weights)
     write_json(reports / "metrics.json", metrics)
-    _write_pr_data(result, classes, reports / "pr")
+    _write_pr_data(result, classes, reports / "pr.csv")
     _write_pictures(result, classes, images, params, reports)
     if track and META.is_file():
         run_id = json.loads(META.read_text()).get("mlflow_run_id")
@@ -78,17 +79,18 @@ def run(params: Params, *, weights: Path = WEIGHTS, reports: Path = REPORTS, tra
     return metrics
 
 
-def _write_pr_data(result, classes, out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _write_pr_data(result, classes, path: Path) -> None:
+    """One CSV, a row per (class, detection rank): the area-method PR points of every class, in rank order."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["class", "rank", "recall", "precision"])
     for c, name in enumerate(classes):
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(["recall", "precision"])
-        for r, p in zip(result.area.recall[c], result.area.precision[c], strict=True):
-            writer.writerow([f"{r:.5f}", f"{p:.5f}"])
-        tmp = out_dir / f".{name}.csv.tmp"
-        tmp.write_text(buf.getvalue())
-        os.replace(tmp, out_dir / f"{name}.csv")
+        for k, (r, p) in enumerate(zip(result.area.recall[c], result.area.precision[c], strict=True)):
+            writer.writerow([name, k, f"{r:.5f}", f"{p:.5f}"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
 
 
 def _write_pictures(result, classes, images, params: Params, reports: Path) -> None:

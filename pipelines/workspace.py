@@ -19,7 +19,7 @@ import yaml
 from yolov1.config import params_from_dict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CODE = ("yolov1", "pipelines")
+CODE = ("yolov1", "pipelines", "dvc_plots")  # dvc_plots: the plot templates dvc.yaml names
 WORKSPACE_GITIGNORE = """\
 __pycache__/
 *.pyc
@@ -30,6 +30,7 @@ mlartifacts/
 /models/checkpoints/
 /.served/
 /.dvc-storage/
+/.dvc/plots-offline.html
 """
 
 
@@ -56,8 +57,10 @@ def create_workspace(dest: Path, params: dict[str, Any], *, message: str = "work
     shutil.copy2(PROJECT_ROOT / "dvc.yaml", dest / "dvc.yaml")
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     gitignore = dest / ".gitignore"
-    if not gitignore.exists():
-        gitignore.write_text(WORKSPACE_GITIGNORE)
+    present = gitignore.read_text().splitlines() if gitignore.exists() else []
+    missing = [line for line in WORKSPACE_GITIGNORE.splitlines() if line not in present]  # older workspaces too
+    if missing:
+        gitignore.write_text("".join(f"{line}\n" for line in present + missing))
     if not (dest / ".git").exists():
         _run(["git", "init", "-q", "-b", "main"], dest)
     if not (dest / ".dvc").exists():
@@ -67,6 +70,10 @@ def create_workspace(dest: Path, params: dict[str, Any], *, message: str = "work
     # DVC then `git add`s the .gitignore / dvc.lock files it writes instead of printing "To track the changes
     # with git, run: ..." after every stage (five times per demo). Set on old workspaces too.
     _run([sys.executable, "-m", "dvc", "config", "core.autostage", "true"], dest)
+    if not (dest / ".dvc" / "plots-offline.html").is_file():  # `dvc plots show` without a CDN (~1 MB, not in git)
+        from pipelines.plots_html import install
+
+        install(dest)
     _run(["git", "add", "-A"], dest)
     if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=dest).returncode != 0:
         _run(["git", "-c", "user.name=yolov1", "-c", "user.email=yolov1@localhost", "commit", "-q", "-m", message],

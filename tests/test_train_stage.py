@@ -109,9 +109,13 @@ def test_train_then_evaluate_stage_outputs(prepared, tmp_path: Path):
     assert set(written["ap_voc07"]) == set(CLASSES)
     for value in [written["map_voc07"], written["map_area"], *written["ap_voc07"].values()]:
         assert value is None or 0.0 <= value <= 1.0
-    for name in CLASSES:
-        with (reports / "pr" / f"{name}.csv").open() as f:
-            assert next(csv.reader(f)) == ["recall", "precision"]
+    with (reports / "pr.csv").open() as f:  # every class's PR points in one file, for one DVC plot
+        header, *pr_rows = csv.reader(f)
+    assert header == ["class", "rank", "recall", "precision"]
+    assert {r[0] for r in pr_rows} <= set(CLASSES)
+    for name in {r[0] for r in pr_rows}:
+        ranks = [int(r[1]) for r in pr_rows if r[0] == name]
+        assert ranks == list(range(len(ranks)))  # rank order within a class
     _png_ok(reports / "pr_curves.png")
     _png_ok(reports / "predictions.png")
     assert not [p for p in reports.rglob(".*")]  # no temp files left behind
