@@ -1,12 +1,13 @@
-"""Benchmark per-group NMS: decode's `_batched_nms_mask` against torchvision's `batched_nms`, in one process.
+"""Benchmark per-group NMS: decode's `_batched_nms` against torchvision's `batched_nms`, in one process.
 
 Run: `.venv/bin/python benchmarks/bench_nms.py [--quick] [--repeats 30]`. Prints a markdown table: 98, 1,000 and
 10,000 boxes (98 = one 7x7x2 image's predictors), 1 and 20 groups (classes), at 1 and 2 threads, min and median
 wall-clock ms over the repeats. Both are checked to keep exactly the same boxes before any timing. The boxes are
-image-normalised xyxy, 0.04-0.44 of the image wide, uniform scores, IoU threshold 0.5, CPU.
+image-normalised xyxy, 0.04-0.44 of the image wide, uniform scores, IoU threshold 0.5, CPU. `_batched_nms` is
+called as decode calls it, told that the boxes lie in [0, 1]; torchvision measures their maximum.
 
 torchvision's `batched_nms` (0.29) offsets boxes by id * (max + 1) and calls its NMS kernel once up to 1,000 boxes,
-else loops over the groups in Python; `_batched_nms_mask` shifts by exact integers in float64 and, on CPU, packs
+else loops over the groups in Python; `_batched_nms` shifts by exact integers in float64 and, on CPU, packs
 whole groups into kernel calls of about 256 boxes (so a kept box is compared only with boxes of nearby groups).
 """
 
@@ -21,7 +22,7 @@ import torch
 from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from torchvision.ops import batched_nms as tv_batched_nms
 
-from yolov1.encode import _batched_nms_mask
+from yolov1.encode import _batched_nms
 
 IOU = 0.5
 
@@ -37,7 +38,7 @@ def make_boxes(k: int, groups: int, seed: int = 0) -> tuple[torch.Tensor, torch.
 
 def project(boxes, scores, groups) -> torch.Tensor:
     """Kept indices by score descending, the way torchvision reports them."""
-    kept = _batched_nms_mask(boxes, scores, groups, IOU).nonzero().flatten()
+    kept = _batched_nms(boxes, scores, groups, IOU, coordinate_range=(0.0, 1.0))
     return kept[torch.argsort(scores[kept], descending=True, stable=True)]
 
 
@@ -67,13 +68,14 @@ def main() -> None:
             for threads in (1, 2):
                 torch.set_num_threads(threads)
                 tv = time_ms(lambda b=boxes, s=scores, i=ids: tv_batched_nms(b, s, i, IOU), repeats)
-                ours = time_ms(lambda b=boxes, s=scores, i=ids: _batched_nms_mask(b, s, i, IOU), repeats)
+                ours = time_ms(lambda b=boxes, s=scores, i=ids: _batched_nms(b, s, i, IOU, coordinate_range=(0, 1)),
+                               repeats)
                 rows.append((k, groups, threads, len(mine), tv, ours))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"Machine: {cpu_name()}, {os.cpu_count()} CPUs (load average {load:.1f} at the end), "
           f"torch {torch.__version__}\n")
     print(f"Per-group NMS, IoU {IOU}, CPU; ms min / median over {repeats} repeats; same kept boxes checked first.\n")
-    print("| boxes | groups | threads | kept | torchvision batched_nms (float32) | `_batched_nms_mask` "
+    print("| boxes | groups | threads | kept | torchvision batched_nms (float32) | `_batched_nms` "
           "| torchvision / ours (median) |")
     print("|---|---|---|---|---|---|---|")
     for k, groups, threads, kept, tv, ours in rows:

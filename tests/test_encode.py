@@ -18,7 +18,7 @@ from tests.sync_count import count_host_syncs
 from yolov1.encode import (
     BatchDetections,
     Detections,
-    _batched_nms_mask,
+    _batched_nms,
     cell_indices,
     decode,
     decode_batch,
@@ -422,9 +422,15 @@ def test_decode_rejects_wrong_channel_count():
 
 
 def _nms_keep_indices(xyxy, scores, groups, iou):
-    """`_batched_nms_mask` as torchvision reports it: kept indices by score descending."""
-    kept = _batched_nms_mask(xyxy, scores, groups, iou).nonzero().flatten()
+    """`_batched_nms` as torchvision reports it: kept indices by score descending."""
+    kept = _batched_nms(xyxy, scores, groups, iou)
     return kept[torch.argsort(scores[kept], descending=True, stable=True)]
+
+
+def _batched_nms_mask(xyxy, scores, groups, iou, **kwargs):
+    """`_batched_nms` as a (K,) keep mask."""
+    return torch.zeros(scores.numel(), dtype=torch.bool).index_fill_(0, _batched_nms(xyxy, scores, groups, iou,
+                                                                                   **kwargs), True)
 
 
 @pytest.mark.parametrize("chunk", [256, 7, None])  # the CPU default, tiny calls, one call (the GPU path)
@@ -479,7 +485,17 @@ def test_batched_nms_mask_suppresses_only_above_the_threshold():
     assert _batched_nms_mask(xyxy, scores, groups, 0.5).tolist() == [True, True]
     assert _batched_nms_mask(xyxy, scores, groups, 0.499).tolist() == [True, False]
     empty = _batched_nms_mask(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5)
-    assert empty.shape == (0,) and empty.dtype == torch.bool
+    assert empty.shape == (0,)
+    assert _batched_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5).dtype == torch.int64
+
+
+def test_batched_nms_known_range_equals_measured_range():
+    g = torch.Generator().manual_seed(5)
+    xy = torch.rand(500, 2, generator=g) * 0.7
+    xyxy = torch.cat((xy, xy + torch.rand(500, 2, generator=g) * 0.3), dim=1)
+    scores, groups = torch.rand(500, generator=g), torch.randint(0, 40, (500,), generator=g)
+    assert torch.equal(_batched_nms_mask(xyxy, scores, groups, 0.5),
+                       _batched_nms_mask(xyxy, scores, groups, 0.5, coordinate_range=(0.0, 1.0)))
 
 
 # ---------------------------------------------------------------- host syncs (GPU readiness)

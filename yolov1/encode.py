@@ -218,9 +218,10 @@ def _decode_batch(preds: Tensor, n: int, s: int, boxes_per_cell: int, num_classe
         row, col = (top_scores > score_threshold).nonzero(as_tuple=True)  # (V,) each; host sync 1
         flat = top_index[row, col]  # (V,)
         keep = torch.zeros_like(top_scores, dtype=torch.bool)  # (n', k)
-        keep[row, col] = _batched_nms_mask(boxes_xyxy[pending[row], flat // num_classes],
-                                           top_scores[row, col], row * num_classes + flat % num_classes,
-                                           nms_iou_threshold, coordinate_range=(0.0, 1.0))  # sync 2: NMS
+        kept = _batched_nms(boxes_xyxy[pending[row], flat // num_classes], top_scores[row, col],
+                            row * num_classes + flat % num_classes, nms_iou_threshold,
+                            coordinate_range=(0.0, 1.0))  # (kept,) host sync 2: the NMS kernel
+        keep[row[kept], col[kept]] = True
         # Survival depends only on higher-scoring candidates, so the top survivors are final once there are
         # max_detections of them, or once every candidate of the image was among the top k.
         done = (keep.sum(dim=1) >= max_detections) | (num_candidates[pending] <= top_k)  # (n',)
@@ -240,13 +241,14 @@ def _decode_batch(preds: Tensor, n: int, s: int, boxes_per_cell: int, num_classe
     return BatchDetections(boxes_xyxy[image, flat // num_classes], scores[image, flat], flat % num_classes, image)
 
 
-def _batched_nms_mask(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float, *,
-                      coordinate_range: tuple[float, float] | None = None) -> Tensor:
-    """Greedy NMS within groups -> (K,) bool keep mask: (K, 4) xyxy boxes, (K,) scores, (K,) int64 group ids >= 0.
+def _batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float, *,
+                 coordinate_range: tuple[float, float] | None = None) -> Tensor:
+    """Greedy NMS within groups -> int64 indices of the kept boxes: (K, 4) xyxy boxes, (K,) scores, (K,) int64
+    group ids >= 0. By score descending when one kernel call does it all; otherwise call by call.
 
     torchvision's NMS kernel on the boxes of group g shifted by g * span (the coordinate trick of torchvision's
     ``batched_nms``), in float64, with span = ceil(max) - floor(min) + 1 an integer (``coordinate_range`` gives
-    (min, max) when the caller knows it, as decode does for its [0, 1] boxes, saving two reductions). Adding an
+    (min, max) when the caller knows it, as decode does for its [0, 1] boxes, saving the reductions). Adding an
     integer below 2**m in float64 is exact for float32 coordinates above 2**(m - 29) in magnitude (1.5e-5 for
     1,280 groups of [0, 1] boxes) and off by under 1e-12 below that, so the decisions are those of a per-group
     float64 NMS; torchvision's own offsets (id * (max + 1) in the input dtype) lose 1e-4 in float32 with 1,280
@@ -258,28 +260,28 @@ def _batched_nms_mask(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_th
     """
     k = scores.numel()
     if k == 0:
-        return torch.zeros(0, dtype=torch.bool, device=scores.device)
+        return torch.zeros(0, dtype=torch.int64, device=scores.device)
     on_cpu = scores.device.type == "cpu"
     with _cpu_threads(_DECODE_CPU_THREADS if on_cpu else None):
-        boxes64, scores64 = boxes_xyxy.double(), scores.double()
+        boxes64 = boxes_xyxy.double()
         if coordinate_range is None:
             low, high = boxes64.min().floor(), boxes64.max().ceil()  # 0-d tensors: no sync
             boxes64, span = boxes64 - low, high - low + 1
         else:
             low, high = math.floor(coordinate_range[0]), math.ceil(coordinate_range[1])
             boxes64, span = (boxes64 - low if low else boxes64), high - low + 1
-        shifted = boxes64 + (groups.double() * span)[:, None]  # (K, 4): groups never overlap
-        keep = torch.zeros(k, dtype=torch.bool, device=scores.device)
-        if not on_cpu or _CPU_NMS_CHUNK is None or k <= _CPU_NMS_CHUNK:
-            return keep.index_fill_(0, _tv_nms(shifted, scores64, iou_threshold), True)
+        shifted = torch.add(boxes64, groups.double()[:, None], alpha=span) if isinstance(span, int) else (
+            boxes64 + (groups.double() * span)[:, None])  # (K, 4), a new tensor: groups never overlap
+        scores64 = scores.double()
+        if not on_cpu or _CPU_NMS_CHUNK is None or k <= _CPU_NMS_CHUNK or bool((groups == groups[0]).all()):
+            return _tv_nms(shifted, scores64, iou_threshold)
         order = torch.argsort(groups, stable=True)  # (K,) groups contiguous
         sizes = torch.unique_consecutive(groups[order], return_counts=True)[1]  # (G,)
         # Groups starting in the same window of _CPU_NMS_CHUNK positions share a call: < chunk + 1 group each.
         window = (sizes.cumsum(0) - sizes) // _CPU_NMS_CHUNK  # (G,) non-decreasing
         call_sizes = torch.zeros(int(window[-1]) + 1, dtype=torch.int64).index_add_(0, window, sizes)
-        for members in order.split(call_sizes[call_sizes > 0].tolist()):
-            keep[members[_tv_nms(shifted[members], scores64[members], iou_threshold)]] = True
-        return keep
+        return torch.cat([members[_tv_nms(shifted[members], scores64[members], iou_threshold)]
+                          for members in order.split(call_sizes[call_sizes > 0].tolist())])
 
 
 @contextmanager
