@@ -163,7 +163,8 @@ def main() -> None:
     batch_mib = batch * 3 * size * size / 2**20  # uint8 bytes of one batch's images
     shm = (f"up to {batch_mib * args.workers * PREFETCH_FACTOR:.0f} MiB of shared memory in flight"
            if args.workers else "no worker processes, no shared memory")
-    print(f"Loader: batch {batch}, {args.workers} worker process(es), prefetch {PREFETCH_FACTOR} batches each, "
+    prefetch = f", prefetch {PREFETCH_FACTOR} batches each" if args.workers else ""
+    print(f"Loader: batch {batch}, {args.workers} worker process(es){prefetch}, "
           f"uint8 samples ({batch_mib:.1f} MiB a batch, float32 would be 4x; {shm}), images_to_float on "
           f"{device}\n")
     print(f"{num_images} generated JPEGs of 450-500 x 333-375 px, output {size} x {size}, median of {repeats} "
