@@ -74,7 +74,7 @@ class YoloV1Pyfunc(mlflow.pyfunc.PythonModel):
                                   nms_iou_threshold=self.nms_iou_threshold, max_detections=self.max_detections,
                                   max_image_pixels=self.max_image_pixels, device=device)
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         try:
             detector = self._with_params(params or {})
             sources = _sources(model_input, self.max_rows, self.max_request_bytes)
@@ -164,7 +164,8 @@ def log_pyfunc(weights_path: Path, *, example_image: Path, score_threshold: floa
     """
     import torch
     import torchvision
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import ColSpec, Schema
     from PIL import Image as _PIL  # noqa: F401 (pillow must be importable where the model is served)
 
     import yolov1
@@ -181,9 +182,12 @@ def log_pyfunc(weights_path: Path, *, example_image: Path, score_threshold: floa
     python_model = YoloV1Pyfunc(score_threshold=score_threshold, nms_iou_threshold=nms_iou_threshold,
                                 max_detections=max_detections, **limits)
     example = example_input(example_image)
-    output = pd.DataFrame({"image": [0], "label": ["cat"], "score": [0.9], "xmin": [0.0], "ymin": [0.0],
-                           "xmax": [1.0], "ymax": [1.0]})
-    signature = infer_signature(example, output, params={"score_threshold": float(score_threshold)})
+    # The output schema is written out: inferring it from the example flags the int `image` column with
+    # MLflow's "integer column" hint, and that column never holds missing values.
+    inferred = infer_signature(example, params={"score_threshold": float(score_threshold)})
+    signature = ModelSignature(inputs=inferred.inputs, params=inferred.params, outputs=Schema(
+        [ColSpec("long", "image"), ColSpec("string", "label")]
+        + [ColSpec("double", c) for c in ("score", "xmin", "ymin", "xmax", "ymax")]))  # OUTPUT_COLUMNS
     import PIL
 
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}",

@@ -39,7 +39,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipelines.params import load_params
-from pipelines.tracking import TrackingUnavailable, configure, tracking_uri, write_json
+from pipelines.tracking import (
+    TrackingUnavailable,
+    configure,
+    describe_version,
+    model_card,
+    tracking_uri,
+    write_json,
+)
 from yolov1.config import Params, RegisterConfig
 from yolov1.redact import redact
 
@@ -235,6 +242,7 @@ def run(params: Params, *, meta_path: Path = META_PATH, metrics_path: Path = MET
                 mv = mlflow.register_model(meta["model_uri"], name, tags=tags)
             summary = _decide_and_record(client, name, str(mv.version), float(new_map), params,
                                          evaluation, scorer or champion_scorer(params))
+            describe_version(client, name, str(mv.version), model_card(summary, metrics, tags.get("dvc_data_hash")))
             log.info("registered %s v%s as %s: %s", name, mv.version, summary["alias"], summary["reason"])
         write_json(out_path, summary)
     return summary

@@ -287,3 +287,72 @@ def log_params_artifact(params: Any, artifact_path: str | None = None, name: str
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / name).write_text(text)
         mlflow.log_artifact(str(Path(tmp) / name), artifact_path=artifact_path)
+
+
+def params_digest(params: Any) -> str:
+    """8 hex digits of the flattened params, data sources (``data.archives``: mirrors, local paths) left out."""
+    from yolov1.config import flatten
+
+    flat = {k: v for k, v in flatten(params).items() if not k.startswith("data.archives")}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def run_name(stage: str, params: Any, cwd: Path | None = None) -> str:
+    """A run name that says what ran: ``train-1a2b3c4-p0f9e8d7c`` (stage, short commit, "+dirty" when the tree
+    had uncommitted changes, params digest) instead of MLflow's random ``legendary-sow-331``."""
+    facts = git_facts(cwd)
+    commit = facts["git_commit"][:7] if facts["git_commit"] != "unknown" else "nogit"
+    dirty = "+dirty" if facts["git_dirty"] == "true" else ""
+    return f"{stage}-{commit}{dirty}-p{params_digest(params)}"
+
+
+def log_training_data(prepared_dir: Path, split: str = "train") -> None:
+    """Log the prepared split as an MLflow dataset input of the active run (context ``training``).
+
+    Source: the DVC-tracked folder; digest: its DVC hash (from dvc.lock), so the run's Datasets panel names
+    exactly the data version ``dvc checkout`` restores. A metadata-only dataset: the data stays in DVC, and no
+    schema is inferred from a table (MLflow would flag its integer columns).
+    """
+    import warnings
+
+    import mlflow
+    import pandas as pd
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    digest = data_hash(prepared_dir)
+    images = pd.read_parquet(prepared_dir / "images.parquet", columns=["split"])
+    with warnings.catch_warnings():  # MLflow registers two identical local-file sources and says so; harmless
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple")
+        source = resolve_dataset_source(str(prepared_dir.resolve()))
+    dataset = MetaDataset(source, name=f"{prepared_dir.as_posix()}@{split}", digest=digest[:36])
+    mlflow.log_input(dataset, context="training", tags={
+        "dvc_path": prepared_dir.as_posix(), "dvc_md5": digest, "split": split,
+        "images": str(int((images["split"] == split).sum()))})
+
+
+def model_card(summary: dict, metrics: dict, data_hash_value: str | None) -> str:
+    """A registered version's description (markdown): what it scored per class, on which data, and why it got
+    its alias - compared with which champion. `summary` is the register stage's, `metrics` evaluate's."""
+    def num(value: Any) -> str:
+        return "n/a" if value is None else f"{float(value):.4f}"
+
+    previous = summary.get("previous_champion") or {}
+    compared = (f"champion v{previous['version']} (VOC07 mAP {num(previous.get('map_voc07'))})"
+                if previous.get("version") else "no champion (first model)")
+    lines = [f"**{summary.get('alias')}**: {summary.get('reason')}", "",
+             f"- compared with: {compared}",
+             f"- test VOC07 mAP {num(metrics.get('map_voc07'))}, area mAP {num(metrics.get('map_area'))}",
+             f"- training data: DVC `data/prepared` md5 `{data_hash_value or 'unknown'}`", "",
+             "| class | AP (VOC07) | AP (area) |", "|---|---:|---:|"]
+    area = metrics.get("ap_area") or {}
+    lines += [f"| {name} | {num(ap)} | {num(area.get(name))} |" for name, ap in (metrics.get("ap_voc07") or {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+def describe_version(client: Any, name: str, version: str, card: str) -> None:
+    """Set the model card on the version and a one-paragraph description on the registered model."""
+    client.update_model_version(name, version, description=card)
+    client.update_registered_model(name, description=(
+        "YOLOv1 detector trained by the DVC/Prefect pipeline of this project. Each version's description is its "
+        "model card (per-class AP, data hash, promotion reason); the `champion` alias is the one to serve."))

@@ -69,19 +69,55 @@ def _val_fn(params: Params, val_set):
     return validate if params.train.val_every > 0 else None
 
 
-class _History:
-    """Keeps the step losses for the DVC plot and forwards to MLflow when tracking."""
+class EpochProgress:
+    """A tqdm bar per epoch (steps, loss, ETA) on a terminal; nothing otherwise, so logs (DVC under Prefect, CI)
+    get only the library's one line per epoch. Fed by the `on_step` callback, every ``train.log_every`` steps."""
 
-    def __init__(self, forward=None) -> None:
+    def __init__(self, epochs: int, stream=None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.epochs, self.bar, self.done = epochs, None, 0
+
+    def on_step(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled or not metrics.get("epoch"):
+            return
+        steps_per_epoch = max(1, round(step / metrics["epoch"]))  # "epoch" = step / steps_per_epoch
+        in_epoch = step - (min(int(metrics["epoch"] - 1e-9), self.epochs - 1)) * steps_per_epoch
+        if self.bar is None:
+            from tqdm import tqdm
+
+            epoch = min(int(metrics["epoch"] - 1e-9) + 1, self.epochs)
+            self.bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{self.epochs}", unit="step",
+                            file=self.stream, leave=False, dynamic_ncols=True)
+            self.done = 0
+        self.bar.update(in_epoch - self.done)
+        self.done = in_epoch
+        self.bar.set_postfix(loss=f"{metrics.get('loss', float('nan')):.3f}")
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class _History:
+    """Keeps the step losses for the DVC plot and forwards to MLflow when tracking (and to a progress bar)."""
+
+    def __init__(self, forward=None, progress: EpochProgress | None = None) -> None:
         self.rows: list[dict[str, float]] = []
         self.forward = forward
+        self.progress = progress
 
     def on_step(self, step: int, metrics: dict[str, float]) -> None:
         self.rows.append({"step": step, **{k: float(metrics[k]) for k in LOSS_KEYS if k in metrics}})
         if self.forward:
             self.forward.on_step(step, metrics)
+        if self.progress:
+            self.progress.on_step(step, metrics)
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        if self.progress:
+            self.progress.on_epoch_end(epoch, metrics)
         if self.forward:
             self.forward.on_epoch_end(epoch, metrics)
 
@@ -116,7 +152,7 @@ def run(params: Params, *, track: bool = True) -> dict:
     device = resolve_device(params.train.device)
     checkpoint_dir = Path(params.train.checkpoint_dir)
     active = None
-    history = _History()
+    history = _History(progress=EpochProgress(params.train.epochs))
     if tracking:
         active = _start_run(params, experiment_id, checkpoint_dir, device)
         from pipelines.tracking import MlflowCallbacks
@@ -202,13 +238,15 @@ def _inference_settings(params: Params) -> dict:
 def _start_run(params: Params, experiment_id: str, checkpoint_dir: Path, device: torch.device):
     import mlflow
 
-    from pipelines.tracking import lineage_tags, system_tags
+    from pipelines.tracking import lineage_tags, log_training_data, run_name, system_tags
 
     run_file = checkpoint_dir / "mlflow_run_id"
     resume_id = None
     if params.train.resume == "auto" and run_file.is_file() and (checkpoint_dir / "last.pt").is_file():
         resume_id = run_file.read_text().strip() or None
-    active = mlflow.start_run(run_id=resume_id, experiment_id=None if resume_id else experiment_id)
+    active = mlflow.start_run(run_id=resume_id, experiment_id=None if resume_id else experiment_id,
+                              run_name=None if resume_id else run_name("train", params),
+                              log_system_metrics=params.tracking.system_metrics)  # CPU/memory (GPU: pynvml)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     run_file.write_text(active.info.run_id)
     if resume_id is None:
@@ -217,6 +255,8 @@ def _start_run(params: Params, experiment_id: str, checkpoint_dir: Path, device:
         mlflow.log_params({k: redact(json.dumps(v)) if isinstance(v, list) else redact(v) if isinstance(v, str) else v
                            for k, v in flatten(params).items() if not k.startswith("data.archives")})
     mlflow.set_tags({**lineage_tags(Path(params.data.root) / "prepared"), **system_tags(str(device))})
+    if resume_id is None:
+        log_training_data(Path(params.data.root) / "prepared")
     return active
 
 
@@ -240,7 +280,7 @@ def _finish_run(params: Params, active) -> dict:
     mlflow.end_run()
     (Path(params.train.checkpoint_dir) / "mlflow_run_id").unlink(missing_ok=True)  # the run is complete
     return {"mlflow_run_id": active.info.run_id, "model_uri": info.model_uri,
-            "mlflow_experiment": params.tracking.experiment}
+            "mlflow_experiment": params.tracking.experiment, "mlflow_experiment_id": active.info.experiment_id}
 
 
 def main(argv: list[str] | None = None) -> int:
