@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,17 @@ def test_a_second_demo_run_leaves_the_download_stage_up_to_date(tmp_path):
     assert second == first and (ws / "params.yaml").read_text() == params_text
     assert json.loads(_dvc(ws, "status", "download", "--json").stdout) == {}
     assert "didn't change, skipping" in _dvc(ws, "repro", "download").stdout
+
+    # The README's `dvc exp show` command selects the columns that matter, not the ~130 params (mostly mirrors).
+    every = _dvc(ws, "exp", "show", "--no-pager", "--csv").stdout.splitlines()[0].split(",")
+    assert len(every) > 100 and any(c.startswith("data.archives") for c in every)
+    [readme_cmd] = [line for line in (ROOT / "README.md").read_text().splitlines()
+                    if line.startswith("dvc exp show --drop")]
+    args = shlex.split(readme_cmd)[1:]
+    header = _dvc(ws, *args, "--no-pager", "--csv").stdout.splitlines()[0].split(",")
+    # No metrics yet in this workspace (only download ran), so the mAP columns are absent here.
+    assert set(header) >= {"Experiment", "Created", "model.variant", "model.input_size", "train.epochs", "train.lr"}
+    assert len(header) <= 12 and not any(c.startswith("data.") for c in header)
 
 
 def test_demo_help_names_no_port_option(capsys):
