@@ -111,6 +111,7 @@ def _build(base: Path) -> Workspace:
     env = dict(os.environ)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env["MLFLOW_TRACKING_URI"] = uri
+    env["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "1"  # a tiny run lasts seconds; the default samples every 10 s
     for key in ("YOLOV1_FLOW_RUN_ID", "PREFECT__FLOW_RUN_ID", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         env.pop(key, None)
     ws = Workspace(path=path, env=env, tracking_uri=uri, model_name=params["register"]["model_name"],

@@ -98,6 +98,18 @@ def test_training_run_has_lineage_system_tags_params_and_loss(ws):
     # The registered version points back at this run.
     assert client.get_model_version(ws.model_name, "1").run_id == run.info.run_id
 
+    # What the MLflow UI shows: a run name that says what ran, the training data, system metrics, a model card.
+    from pipelines.params import load_params
+    from pipelines.tracking import params_digest
+
+    assert run.info.run_name == f"train-{head[:7]}-p{params_digest(load_params(ws.path / 'params.yaml'))}"
+    [data] = run.inputs.dataset_inputs
+    assert data.dataset.digest == prepare_outs["data/prepared"][:36]
+    assert {t.key: t.value for t in data.tags}["mlflow.data.context"] == "training"
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), sorted(run.data.metrics)
+    card = client.get_model_version(ws.model_name, "1").description
+    assert "**champion**" in card and "no champion (first model)" in card and "| aeroplane |" in card
+
 
 def test_second_repro_runs_nothing(ws):
     out = dvc(ws, "repro")

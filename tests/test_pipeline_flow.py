@@ -59,3 +59,16 @@ def test_flow_reproduces_the_stages_and_registers(ws: Workspace, prefect_api, mo
     import asyncio
 
     assert {"download", "prepare", "train", "evaluate", "register"} <= asyncio.run(task_names())
+
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from pipelines.flows import AP_TABLE_KEY, REPORT_KEY
+
+    with get_client(sync_client=True) as prefect:
+        artifacts = prefect.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    by_key = {a.key: a for a in artifacts if a.key}
+    assert set(by_key) == {REPORT_KEY, AP_TABLE_KEY}
+    assert f"version {new_version} -> **{summary['alias']}**" in by_key[REPORT_KEY].data
+    assert {row["class"] for row in json.loads(by_key[AP_TABLE_KEY].data)} == set(
+        json.loads((ws.path / "reports" / "metrics.json").read_text())["ap_voc07"])
