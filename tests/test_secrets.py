@@ -256,8 +256,8 @@ def test_train_evaluate_register_leak_no_secret(tmp_path, clean_env, capfd, capl
     from pipelines import evaluate as evaluate_stage
     from pipelines import register as register_stage
     from pipelines import train as train_stage
-    from tests.test_train_stage import _raw_params
     from pipelines.prepare import read_tables
+    from tests.test_train_stage import _raw_params
     from yolov1.config import params_from_dict
     from yolov1.synth import generate_voc
 
