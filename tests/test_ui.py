@@ -141,3 +141,20 @@ def _default_template(tmp_path: Path) -> Path:
     path = tmp_path / "dvc-default.html"
     path.write_text(PAGE_HTML)
     return path
+
+
+def test_plots_html_refuses_a_folder_that_is_not_a_dvc_repo(tmp_path, capsys):
+    from pipelines.plots_html import main
+
+    assert main(["--repo", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path) in err and ".dvc" in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_plots_html_help(capsys):
+    from pipelines.plots_html import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0 and "--repo" in capsys.readouterr().out
