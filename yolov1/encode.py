@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import nms as _tv_nms
 
-from yolov1.boxes import cxcywh_to_xyxy
+from yolov1.boxes import box_iou_aligned, cxcywh_to_xyxy
 
 __all__ = ["EncodedTarget", "Detections", "BatchDetections", "cell_indices", "encode", "decode", "decode_batch",
            "targets_to_predictions"]
@@ -43,6 +43,9 @@ logger = logging.getLogger(__name__)
 _FIRST_TOP_K_SPARE = 4
 # Boxes per NMS kernel call on CPU (groups are packed up to about this many; benchmarks/bench_nms.py).
 _CPU_NMS_CHUNK = 256
+# On CPU, when the pairs within groups number at most this many per box (many small groups, as in decode's
+# default regime), `_greedy_nms_in_order` compares them all at once instead of calling the kernel per chunk.
+_CPU_PAIRS_PER_BOX = 8
 # Threads for decode on CPU (None: leave torch's setting alone); benchmarks/bench_decode.py compares 1 and 2.
 _DECODE_CPU_THREADS: int | None = 1
 
@@ -277,11 +280,53 @@ def _batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_thresho
             return _tv_nms(shifted, scores64, iou_threshold)
         order = torch.argsort(groups, stable=True)  # (K,) groups contiguous
         sizes = torch.unique_consecutive(groups[order], return_counts=True)[1]  # (G,)
+        if int((sizes * (sizes - 1)).sum()) // 2 <= _CPU_PAIRS_PER_BOX * k:  # many small groups: all their pairs
+            ranked = torch.argsort(scores64, descending=True, stable=True)  # (K,) priority order
+            return ranked[_greedy_nms_in_order(boxes_xyxy.double()[ranked], groups[ranked], iou_threshold)]
         # Groups starting in the same window of _CPU_NMS_CHUNK positions share a call: < chunk + 1 group each.
         window = (sizes.cumsum(0) - sizes) // _CPU_NMS_CHUNK  # (G,) non-decreasing
         call_sizes = torch.zeros(int(window[-1]) + 1, dtype=torch.int64).index_add_(0, window, sizes)
         return torch.cat([members[_tv_nms(shifted[members], scores64[members], iou_threshold)]
                           for members in order.split(call_sizes[call_sizes > 0].tolist())])
+
+
+def _greedy_nms_in_order(boxes_xyxy: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
+    """Exact greedy NMS within groups of (K, 4) xyxy boxes given in priority order -> (K,) bool keep mask.
+
+    For many small groups on CPU (see `_batched_nms`): only pairs of one group are compared, all at once, and
+    the keep mask is the unique fixed point of
+    keep[b] = no kept earlier box a of b's group has IoU(a, b) > iou_threshold, reached by plain iteration
+    (after t rounds every box with a suppression chain shorter than t is final).
+    """
+    num = groups.numel()
+    if num == 0:
+        return torch.zeros(0, dtype=torch.bool, device=groups.device)
+    order = torch.argsort(groups, stable=True)  # (K,) groups contiguous, priority order within each
+    sizes = torch.unique_consecutive(groups[order], return_counts=True)[1]  # (G,)
+    boxes_sorted = boxes_xyxy[order]  # (K, 4)
+    earlier, later = _pairs_within_runs(sizes)  # (pairs,) positions in `order`, earlier < later
+    overlap = box_iou_aligned(boxes_sorted[earlier], boxes_sorted[later]) > iou_threshold  # (pairs,)
+    earlier, later = earlier[overlap], later[overlap]
+    keep_sorted = torch.ones(num, dtype=torch.bool, device=groups.device)
+    for _ in range(num + 1):  # at most K + 1 rounds; usually 2-4
+        suppressed = torch.zeros_like(keep_sorted).index_fill_(0, later[keep_sorted[earlier]], True)
+        if torch.equal(~suppressed, keep_sorted):
+            break
+        keep_sorted = ~suppressed
+    keep = torch.empty_like(keep_sorted)
+    keep[order] = keep_sorted
+    return keep
+
+
+def _pairs_within_runs(sizes: Tensor) -> tuple[Tensor, Tensor]:
+    """Consecutive runs of the given sizes -> every pair (a, b), a < b, of positions within one run."""
+    total = int(sizes.sum())
+    starts = sizes.cumsum(0) - sizes  # (G,)
+    position = torch.arange(total, device=sizes.device)
+    after = (starts + sizes).repeat_interleave(sizes) - 1 - position  # (total,) later members of the same run
+    first = torch.repeat_interleave(position, after)  # (pairs,)
+    offset = torch.arange(first.numel(), device=sizes.device) - (after.cumsum(0) - after).repeat_interleave(after)
+    return first, first + 1 + offset
 
 
 @contextmanager
