@@ -257,9 +257,11 @@ def _batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_thresho
     float64 NMS; torchvision's own offsets (id * (max + 1) in the input dtype) lose 1e-4 in float32 with 1,280
     groups of [0, 1] boxes. Equal scores: the kernel's sort decides, as in torchvision.
 
-    Off the CPU: one kernel call (one host sync, the kernel's own). On CPU, where the kernel compares each kept
-    box with every later box of its call, whole groups are packed into calls of about `_CPU_NMS_CHUNK` boxes, so a
-    box is rarely compared with unrelated groups; the small ops run on one thread (see `_DECODE_CPU_THREADS`).
+    Off the CPU: one kernel call (one host sync, the kernel's own). On CPU (one thread, see `_DECODE_CPU_THREADS`),
+    where the kernel compares each kept box with every later box of its call: up to `_CPU_NMS_CHUNK` boxes or a
+    single group, one call; many small groups (at most `_CPU_PAIRS_PER_BOX` within-group pairs per box, decode's
+    default regime), `_greedy_nms_in_order` on all their pairs at once; otherwise whole groups packed into calls
+    of about `_CPU_NMS_CHUNK` boxes, so a box is rarely compared with unrelated groups.
     """
     k = scores.numel()
     if k == 0:
