@@ -129,9 +129,8 @@ def test_train_then_evaluate_stage_outputs(prepared, tmp_path: Path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(_raw_params()))
     jpegs = sorted((tmp_path / "data" / "extracted" / "VOCdevkit" / "VOC2007" / "JPEGImages").glob("*.jpg"))[:2]
     out = tmp_path / "predictions"
-    summary = predict_stage.run("models/yolov1.pt", [str(p) for p in jpegs], out, params_path=Path("params.yaml"),
-                                score_threshold=0.0)
-    assert summary["images"] == 2
+    assert predict_stage.main([*map(str, jpegs), "--model", "models/yolov1.pt", "--params", "params.yaml",
+                               "--conf", "0.0", "--out", str(out)]) == 0
     detections = json.loads((out / "detections.json").read_text())
     assert set(detections) == {str(p) for p in jpegs}
     for p in jpegs:
