@@ -1,6 +1,6 @@
 """No secret in any log, error, artifact, MLflow param/tag or Prefect state, and credentials that work.
 
-Planted secrets: the tracking server's password (in MLFLOW_TRACKING_URI, ``http://alice:S3cr3t@...``) and a
+Planted secrets: the tracking server's password (in MLFLOW_TRACKING_URI, ``http://alice:<password>@...``) and a
 mirror URL's password and token (in params ``data.archives``). A loopback proxy in front of the tracking server
 demands HTTP basic auth, so the credentials must reach the server, and must be found nowhere else.
 """
@@ -13,6 +13,7 @@ import http.client
 import http.server
 import os
 import queue
+import secrets
 import socket
 import subprocess
 import sys
@@ -27,9 +28,11 @@ from pipelines.tracking import TrackingUnavailable, check_reachable, split_crede
 from yolov1.config import TrackingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-USER, PASSWORD = "alice", "S3cr3t"
-MIRROR = "https://bob:M1rr0rPw@mirror.invalid/VOCtrainval_06-Nov-2007.tar?token=T0ken5ecret&x=1"
-SECRETS = ("S3cr3t", "M1rr0rPw", "T0ken5ecret", base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
+# Fresh per session: a value that appears in no source file (the logged model bundles the pipeline's code).
+USER, PASSWORD = "alice", f"pw{secrets.token_hex(8)}"
+MIRROR_PASSWORD, MIRROR_TOKEN = f"mp{secrets.token_hex(8)}", f"tk{secrets.token_hex(8)}"
+MIRROR = f"https://bob:{MIRROR_PASSWORD}@mirror.invalid/VOCtrainval_06-Nov-2007.tar?token={MIRROR_TOKEN}&x=1"
+SECRETS = (PASSWORD, MIRROR_PASSWORD, MIRROR_TOKEN, base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
 TRACKING = TrackingConfig(experiment="e", uri="sqlite:///mlflow.db", artifact_root="mlartifacts")
 
 
@@ -45,7 +48,7 @@ def _closed_port() -> int:
 
 
 class _BasicAuthProxy:
-    """HTTP on 127.0.0.1 that answers 401 without ``alice:S3cr3t`` basic auth, and otherwise forwards to
+    """HTTP on 127.0.0.1 that answers 401 without ``USER:PASSWORD`` basic auth, and otherwise forwards to
     `upstream` (host, port) or, with none, answers ``/health`` itself. `seen` keeps the Authorization headers."""
 
     def __init__(self, upstream: tuple[str, int] | None = None):
@@ -56,8 +59,19 @@ class _BasicAuthProxy:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def _body(self) -> bytes:
+                if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
+                    return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                chunks = []  # artifact uploads stream a file: chunked transfer encoding
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()  # the CRLF after each chunk
+                    if size == 0:
+                        return b"".join(chunks)
+
             def _handle(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = self._body()
                 proxy.seen.append(self.headers.get("Authorization"))
                 if self.headers.get("Authorization") != expected:
                     self._reply(401, {"WWW-Authenticate": 'Basic realm="mlflow"'}, b"unauthorized")
@@ -66,7 +80,8 @@ class _BasicAuthProxy:
                 else:
                     conn = http.client.HTTPConnection(*proxy.upstream, timeout=300)
                     headers = {k: v for k, v in self.headers.items()
-                               if k.lower() not in ("authorization", "host", "connection", "content-length")}
+                               if k.lower() not in ("authorization", "host", "connection", "content-length",
+                                                    "transfer-encoding")}
                     headers["Host"] = f"{proxy.upstream[0]}:{proxy.upstream[1]}"
                     conn.request(self.command, self.path, body=body, headers=headers)
                     resp = conn.getresponse()
