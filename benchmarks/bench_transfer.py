@@ -1,7 +1,8 @@
 """Benchmark the transfer mechanism: detector mAP over CPU training time, from scratch vs from a backbone that
 `yolov1 pretrain`'s code pretrained on object crops.
 
-`.venv/bin/python benchmarks/bench_transfer.py` (about 8-10 minutes on 2 busy cores; writes docs/transfer.png).
+`.venv/bin/python benchmarks/bench_transfer.py` (11.5 minutes wall on 2 shared, busy vCPUs, about 5 CPU-minutes;
+writes docs/transfer.png and bench_transfer.json).
 Everything is generated here, seeded: a crop set (objects cut from one generated VOC-format set, the
 classification data, ImageFolder layout) and a separate, small detection set (another seed). The detector is
 the demo profile's net (Fast YOLO, width 0.25, conv head, 112 px, S = 7); both runs use the same params, seed,
@@ -79,11 +80,11 @@ def _detector_run(params, train_set, test_set, label: str, eval_every: int, on_p
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--crop-images", type=int, default=500, help="generated images cut into crops")
-    parser.add_argument("--pretrain-epochs", type=int, default=6)
-    parser.add_argument("--train-images", type=int, default=300, help="generated detection training images")
-    parser.add_argument("--test-images", type=int, default=100)
-    parser.add_argument("--epochs", type=int, default=16, help="detector epochs (both runs)")
+    parser.add_argument("--crop-images", type=int, default=300, help="generated images cut into crops")
+    parser.add_argument("--pretrain-epochs", type=int, default=3)
+    parser.add_argument("--train-images", type=int, default=160, help="generated detection training images")
+    parser.add_argument("--test-images", type=int, default=80)
+    parser.add_argument("--epochs", type=int, default=10, help="detector epochs (both runs)")
     parser.add_argument("--eval-every", type=int, default=2)
     parser.add_argument("--png", type=Path, default=ROOT / "docs" / "transfer.png")
     parser.add_argument("--json", type=Path, default=Path("bench_transfer.json"), help="curves so far (rewritten)")
