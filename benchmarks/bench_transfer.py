@@ -2,15 +2,15 @@
 `yolov1 pretrain`'s code pretrained on object crops.
 
 `.venv/bin/python benchmarks/bench_transfer.py` (11.5 minutes wall on 2 shared, busy vCPUs, about 5 CPU-minutes;
-writes docs/transfer.png and bench_transfer.json).
+writes docs/transfer.png).
 Everything is generated here, seeded: a crop set (objects cut from one generated VOC-format set, the
 classification data, ImageFolder layout) and a separate, small detection set (another seed). The detector is
 the demo profile's net (Fast YOLO, width 0.25, conv head, 112 px, S = 7); both runs use the same params, seed,
 data and epochs and differ only in ``model.pretrained``. mAP (VOC07 11-point, on the generated test split) is
 measured every ``--eval-every`` epochs; the x axis is the process's CPU time (``time.process_time``, all threads)
 spent training the detector, evaluation taken out: on shared cores wall time depends on the neighbours' load,
-CPU time much less. The pretraining's CPU time is reported beside it, not hidden. Partial curves are written to
-``--json`` after every evaluation. It shows that pretrained weights reach the detector and
+CPU time much less. The pretraining's CPU time is reported beside it, not hidden. With ``--json PATH`` the curves
+so far are written there after every evaluation. It shows that pretrained weights reach the detector and
 help it; it is not a VOC number.
 """
 
@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=10, help="detector epochs (both runs)")
     parser.add_argument("--eval-every", type=int, default=2)
     parser.add_argument("--png", type=Path, default=ROOT / "docs" / "transfer.png")
-    parser.add_argument("--json", type=Path, default=Path("bench_transfer.json"), help="curves so far (rewritten)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the curves so far here (rewritten "
+                        "after every evaluation, so a killed run keeps its points)")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     tune_malloc()
@@ -122,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         curves: dict[str, list[dict]] = {}
 
         def dump() -> None:
+            if args.json is None:
+                return
             args.json.write_text(json.dumps({"pretrain_cpu_s": round(pretrain_s), "curves": curves}, indent=1))
 
         for label, source in (("scratch", "none"), ("pretrained", params.pretrain.output)):
