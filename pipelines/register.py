@@ -20,8 +20,11 @@ What was done is written to ``reports/registration.json`` (inside the lock) and 
 Racing registrations: the alias decision is serialised. On the embedded sqlite store a file lock beside the
 database makes register-and-decide atomic across processes, so version order is decision order; on any store the
 champion is re-read after the alias is set and the decision is redone if another registration moved it in
-between. On a tracking server (no lock) that re-check narrows the race but cannot close it: MLflow aliases have no
-compare-and-set, so run one registration at a time there (e.g. a Prefect concurrency limit of 1).
+between. On a server two first writes of the same alias can collide in the database (PostgreSQL's duplicate key on
+``registered_model_alias_pk``, returned as BAD_REQUEST): that is a lost race too, so the champion is re-read and
+the decision redone, a bounded number of times. On a tracking server (no lock) the re-check narrows the race but
+cannot close it: MLflow aliases have no compare-and-set, so run one registration at a time there (e.g. a Prefect
+concurrency limit of 1).
 """
 
 from __future__ import annotations
@@ -58,6 +61,11 @@ OUT_PATH = Path("reports/registration.json")
 # What makes two mAPs comparable: the same test split, the same match rule and threshold.
 EVALUATION_KEYS = ("test_split_hash", "match_comparison", "match_iou_threshold")
 REGISTRATION_TAG = "registration"  # the decision as JSON on the version: what a re-run reports
+
+
+class AliasNotSettled(RuntimeError):
+    """Concurrent registrations kept moving the champion alias for every allowed attempt."""
+
 
 # (model version entity) -> its VOC07 mAP on the current test split under the current rule
 ChampionScorer = Callable[[object], float]
@@ -140,9 +148,31 @@ def comparable_champion(mv, evaluation: dict[str, str], scorer: ChampionScorer |
     return figures
 
 
+# How stores report two concurrent first writes of one alias row: PostgreSQL (psycopg2's UniqueViolation on
+# registered_model_alias_pk), MySQL ("Duplicate entry"), SQLite ("UNIQUE constraint failed"); MLflow's
+# ManagedSessionMaker turns the IntegrityError into BAD_REQUEST, a server may say RESOURCE_ALREADY_EXISTS.
+_DUPLICATE_KEY = re.compile(r"duplicate key|UniqueViolation|unique constraint|Duplicate entry|IntegrityError",
+                            re.IGNORECASE)
+
+
+def is_write_conflict(err: Exception) -> bool:
+    """True when an alias write failed because a concurrent write of the same alias got there first."""
+    code = getattr(err, "error_code", None)
+    if code == "RESOURCE_ALREADY_EXISTS":
+        return True
+    return code == "BAD_REQUEST" and _DUPLICATE_KEY.search(str(err)) is not None
+
+
 def promote(client, name: str, version: str, new_map: float, rules: RegisterConfig, evaluation: dict[str, str],
-            scorer: ChampionScorer | None, *, attempts: int = 5) -> dict:
-    """Set champion or challenger on `version`; re-checks the champion after writing (see module docstring)."""
+            scorer: ChampionScorer | None, *, attempts: int = 8) -> dict:
+    """Set champion or challenger on `version`; re-checks the champion after writing (see module docstring).
+
+    A write that collides with a concurrent one (`is_write_conflict`) or a champion that moved meanwhile is a lost
+    race: the champion is read again and the decision redone, at most ``attempts`` times in all. Each alias row
+    collides at most once (later writes update it) and each move is another registration's promotion, so four
+    racers settle well within the default. Any other MlflowException propagates unchanged."""
+    from mlflow.exceptions import MlflowException
+
     scored: dict[str, dict] = {}  # a champion re-measured once is not re-measured on a retry
     for _ in range(attempts):
         before = champion_version(client, name)
@@ -152,13 +182,21 @@ def promote(client, name: str, version: str, new_map: float, rules: RegisterConf
         champion = scored[key]
         promoted, reason = decide(new_map, champion["map_voc07_current_test"], rules.min_improvement, rules.min_map)
         alias = CHAMPION if promoted else CHALLENGER
-        client.set_registered_model_alias(name, alias, version)
+        try:
+            client.set_registered_model_alias(name, alias, version)
+        except MlflowException as err:
+            if not is_write_conflict(err):
+                raise
+            log.warning("setting %s on %s v%s collided with another registration (%s); deciding again",
+                        alias, name, version, one_line(err)[:200])
+            continue
         after_version, _ = champion_of(client, name)
         expected = version if promoted else key
         if after_version == expected:
             return {"alias": alias, "promoted": promoted, "reason": reason, "previous_champion": champion}
         log.warning("champion moved during registration (now v%s); deciding again", after_version)
-    raise RuntimeError(f"could not settle the {CHAMPION} alias of {name} after {attempts} attempts")
+    raise AliasNotSettled(f"could not settle the {CHAMPION} alias of {name} after {attempts} attempts "
+                          "(other registrations kept moving it: run one registration at a time on a server)")
 
 
 def version_of_run(client, name: str, run_id: str):
@@ -263,6 +301,16 @@ def _decide_and_record(client, name, version, new_map, params, evaluation, score
     return summary
 
 
+def one_line(err: Exception) -> str:
+    """An exception as one redacted line: its error code (MlflowException) and the first line of its message."""
+    lines = str(err).strip().splitlines()
+    code = getattr(err, "error_code", None)
+    text = lines[0] if lines else type(err).__name__
+    if code and not text.startswith(str(code)):  # a RestException's text already starts with its code
+        text = f"{code}: {text}"
+    return redact(text)[:500]
+
+
 def _read_json(path: Path, keys: tuple[str, ...]) -> dict:
     try:
         payload = json.loads(path.read_text())
@@ -280,11 +328,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from mlflow.exceptions import MlflowException
     try:
         summary = run(load_params(args.params))
     except (FileNotFoundError, ValueError, TrackingUnavailable) as err:
         print(f"yolov1 register: error: {redact(err)}", file=sys.stderr)
         return 2
+    except (MlflowException, AliasNotSettled) as err:  # the registry refused a call, or the alias never settled
+        print(f"yolov1 register: error: {one_line(err)}", file=sys.stderr)
+        return 1
     print(json.dumps(summary, indent=2))
     return 0
 

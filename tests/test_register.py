@@ -17,7 +17,7 @@ import pytest
 
 from pipelines.register import decide, run
 from pipelines.tracking import TrackingUnavailable, check_reachable, configure, write_json
-from yolov1.config import Params, params_from_dict
+from yolov1.config import Params, RegisterConfig, params_from_dict
 
 TEST_HASH = "a" * 64  # the test split every model here was scored on, unless a test says otherwise
 LINEAGE = {"git_commit": "0123abc", "dvc_data_hash": "d41d8cd98f00b204e9800998ecf8427e.dir",
@@ -387,6 +387,131 @@ def test_racing_registrations_keep_every_version_and_one_rightful_champion(store
         if promoted:
             champion = (s["version"], s["map_voc07"])
     assert aliases == final
+
+
+# --- a lost alias write on a server: the conflict PostgreSQL reports -------------------------------------------
+
+# What a client of `mlflow server` on PostgreSQL raises when a concurrent request inserted the same alias row first
+# (MLflow's ManagedSessionMaker turns the IntegrityError into BAD_REQUEST; the REST client re-raises it).
+PG_ALIAS_CONFLICT = ('(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint '
+                     '"registered_model_alias_pk"\nDETAIL:  Key (name, alias)=(m, champion) already exists.\n'
+                     '[SQL: INSERT INTO registered_model_aliases (workspace, alias, version, name) VALUES (...)]')
+
+
+class _FakeVersion:
+    def __init__(self, version: str, map_voc07: float):
+        self.version = version
+        self.tags = {"map_voc07": f"{map_voc07:.6f}", "test_split_hash": TEST_HASH, "match_comparison": ">=",
+                     "match_iou_threshold": "0.5"}
+
+
+class _RacedRegistry:
+    """The registry calls promote() makes, in memory, with a concurrent registration squeezed in: before each of
+    the first len(`races`) alias writes, `races[i]` = (alias, version) is written by "someone else" and this
+    client's write fails with `error`, as a server's does when the other INSERT commits first."""
+
+    def __init__(self, maps: dict[str, float], races: list[tuple[str, str]], error: Exception):
+        self.versions = {v: _FakeVersion(v, m) for v, m in maps.items()}
+        self.aliases: dict[str, str] = {}
+        self.races, self.error, self.writes = list(races), error, []
+
+    def get_registered_model(self, name):
+        return type("RegisteredModel", (), {"aliases": dict(self.aliases)})()
+
+    def get_model_version(self, name, version):
+        return self.versions[str(version)]
+
+    def set_registered_model_alias(self, name, alias, version):
+        self.writes.append((alias, str(version)))
+        if self.races:
+            other_alias, other_version = self.races.pop(0)
+            self.aliases[other_alias] = other_version
+            raise self.error
+        self.aliases[alias] = str(version)
+
+
+def _conflict():
+    from mlflow.exceptions import RestException
+
+    return RestException({"error_code": "BAD_REQUEST", "message": PG_ALIAS_CONFLICT})
+
+
+EVALUATION = {"test_split_hash": TEST_HASH, "match_comparison": ">=", "match_iou_threshold": "0.5"}
+RULES = RegisterConfig(model_name="m", min_improvement=0.005, min_map=0.2)
+
+
+def test_alias_conflict_to_a_better_racer_is_a_lost_race_not_a_failure():
+    from pipelines.register import is_write_conflict, promote
+
+    assert is_write_conflict(_conflict())
+    # v2 (0.7) reads no champion and decides to take it; v1 (0.8) inserts the champion row first.
+    client = _RacedRegistry({"1": 0.8, "2": 0.7}, races=[("champion", "1")], error=_conflict())
+    decision = promote(client, "m", "2", 0.7, RULES, EVALUATION, _no_rescoring)
+    # Re-read: champion v1 at 0.8, gain 0.7 - 0.8 = -0.1 < 0.005, so v2 is challenger and v1 stays the one champion.
+    assert client.writes == [("champion", "2"), ("challenger", "2")]
+    assert client.aliases == {"champion": "1", "challenger": "2"}
+    assert (decision["alias"], decision["promoted"], decision["previous_champion"]["version"]) == (
+        "challenger", False, "1")
+    assert decision["reason"] == decide(0.7, 0.8, 0.005, 0.2)[1]
+
+
+def test_alias_conflict_to_a_worse_racer_decides_again_and_promotes():
+    from pipelines.register import promote
+
+    # v2 (0.8) collides with v1 (0.6) taking the champion row; re-read: 0.8 - 0.6 = +0.2 >= 0.005, v2 takes it.
+    client = _RacedRegistry({"1": 0.6, "2": 0.8}, races=[("champion", "1")], error=_conflict())
+    decision = promote(client, "m", "2", 0.8, RULES, EVALUATION, _no_rescoring)
+    assert client.writes == [("champion", "2"), ("champion", "2")]
+    assert client.aliases == {"champion": "2"}
+    assert (decision["alias"], decision["promoted"], decision["previous_champion"]["version"]) == (
+        "champion", True, "1")
+
+
+def test_alias_conflicts_without_end_stop_after_the_bounded_attempts():
+    from pipelines.register import AliasNotSettled, promote
+
+    client = _RacedRegistry({"1": 0.6, "2": 0.8}, races=[("challenger", "1")] * 10, error=_conflict())
+    with pytest.raises(AliasNotSettled, match="after 3 attempts"):
+        promote(client, "m", "2", 0.8, RULES, EVALUATION, _no_rescoring, attempts=3)
+    assert len(client.writes) == 3
+
+
+@pytest.mark.parametrize("code, message", [
+    ("PERMISSION_DENIED", "user alice may not set aliases on m"),
+    ("BAD_REQUEST", "Invalid alias name 'champion!'"),  # BAD_REQUEST without a duplicate key is not a race
+    ("INTERNAL_ERROR", "(psycopg2.OperationalError) server closed the connection"),
+])
+def test_other_registry_errors_are_not_retried(code, message):
+    from mlflow.exceptions import RestException
+
+    from pipelines.register import is_write_conflict, promote
+
+    error = RestException({"error_code": code, "message": message})
+    assert not is_write_conflict(error)
+    client = _RacedRegistry({"1": 0.6, "2": 0.8}, races=[("champion", "1")], error=error)
+    with pytest.raises(RestException) as raised:
+        promote(client, "m", "2", 0.8, RULES, EVALUATION, _no_rescoring)
+    assert raised.value is error and len(client.writes) == 1
+
+
+def test_register_main_reports_a_registry_error_in_one_redacted_line(tmp_path, monkeypatch, capsys):
+    from mlflow.exceptions import RestException
+
+    import pipelines.register as register
+
+    secret_uri = "postgresql://mlflow:S3cr3t@db.internal:5432/mlflow"
+    error = RestException({"error_code": "PERMISSION_DENIED",
+                           "message": f"cannot write to {secret_uri}\nTraceback (most recent call last):\n  ..."})
+
+    def refuse(params):
+        raise error
+
+    monkeypatch.setattr(register, "run", refuse)
+    monkeypatch.setattr(register, "load_params", lambda path: None)
+    assert register.main(["--params", str(tmp_path / "params.yaml")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == ["yolov1 register: error: PERMISSION_DENIED: cannot write to "
+                                "postgresql://mlflow:***@db.internal:5432/mlflow"]
 
 
 # --- no tracking server ------------------------------------------------------------------------------------------
