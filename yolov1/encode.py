@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import nms as _tv_nms
 
-from yolov1.boxes import box_iou_aligned, cxcywh_to_xyxy
+from yolov1.boxes import cxcywh_to_xyxy
 
 __all__ = ["EncodedTarget", "Detections", "BatchDetections", "cell_indices", "encode", "decode", "decode_batch",
            "targets_to_predictions"]
@@ -204,7 +204,8 @@ def decode_batch(
 def _decode_batch(preds: Tensor, n: int, s: int, boxes_per_cell: int, num_classes: int, score_threshold: float,
                   nms_iou_threshold: float, max_detections: int) -> BatchDetections:
     device = preds.device
-    boxes_xyxy = _predicted_boxes_xyxy(preds, boxes_per_cell)  # (N, P, 4)
+    num_predictors = s * s * boxes_per_cell  # P
+    boxes_flat = _predicted_boxes_xyxy(preds, boxes_per_cell).view(n * num_predictors, 4)  # (N*P, 4)
     cells = preds[..., 5 * boxes_per_cell :].reshape(n, s * s, 1, num_classes)  # (N, S*S, 1, C)
     conf = preds[..., 4 : 5 * boxes_per_cell : 5].reshape(n, s * s, boxes_per_cell, 1)  # (N, S*S, B, 1)
     scores = (conf * cells).reshape(n, s * s * boxes_per_cell * num_classes)  # (N, P*C): predictor * C + class
@@ -217,20 +218,23 @@ def _decode_batch(preds: Tensor, n: int, s: int, boxes_per_cell: int, num_classe
     most = int(num_candidates.max()) if n else 0  # host sync 0, once: no round looks past the last candidate
     top_k = min(most, max_detections + max_detections // _FIRST_TOP_K_SPARE)
     while pending.numel() > 0:
-        top_scores, top_index = scores[pending].topk(top_k, dim=1)  # (n', k) each, by score descending
-        row, col = (top_scores > score_threshold).nonzero(as_tuple=True)  # (V,) each; host sync 1
-        flat = top_index[row, col]  # (V,)
-        keep = torch.zeros_like(top_scores, dtype=torch.bool)  # (n', k)
-        kept = _batched_nms(boxes_xyxy[pending[row], flat // num_classes], top_scores[row, col],
-                            row * num_classes + flat % num_classes, nms_iou_threshold,
-                            coordinate_range=(0.0, 1.0))  # (kept,) host sync 2: the NMS kernel
-        keep[row[kept], col[kept]] = True
+        pending_scores = scores if pending.numel() == n else scores[pending]  # (n', P*C)
+        top_scores, top_index = pending_scores.topk(top_k, dim=1)  # (n', k) each, by score descending
+        # Positions in the flattened (n', k) top lists; index_select on flat views is cheaper than 2-D indexing.
+        valid = (top_scores > score_threshold).view(-1).nonzero().squeeze(1)  # (V,) host sync 1
+        row, flat = valid // top_k, top_index.view(-1).index_select(0, valid)  # (V,) each
+        box_index = pending.index_select(0, row) * num_predictors + flat // num_classes  # (V,) into (N*P,)
+        kept = _batched_nms(boxes_flat.index_select(0, box_index), top_scores.view(-1).index_select(0, valid),
+                            row * num_classes + flat % num_classes, nms_iou_threshold, coordinate_range=(0.0, 1.0),
+                            in_priority_order=True)  # (kept,) host sync 2: the NMS kernel
+        keep = torch.zeros(top_scores.numel(), dtype=torch.bool, device=device)
+        keep = keep.index_fill_(0, valid.index_select(0, kept), True).view_as(top_scores)  # (n', k)
         # Survival depends only on higher-scoring candidates, so the top survivors are final once there are
         # max_detections of them, or once every candidate of the image was among the top k.
         done = (keep.sum(dim=1) >= max_detections) | (num_candidates[pending] <= top_k)  # (n',)
         keep &= (keep.cumsum(dim=1) <= max_detections) & done[:, None]
-        row, col = keep.nonzero(as_tuple=True)  # host sync 3; row-major: image by image, score descending
-        found.append((pending[row], top_index[row, col]))
+        final = keep.view(-1).nonzero().squeeze(1)  # host sync 3; image by image, score descending within each
+        found.append((pending.index_select(0, final // top_k), top_index.view(-1).index_select(0, final)))
         pending = pending[~done]  # host sync 4
         if pending.numel() > 0:
             logger.debug("decode: %d image(s) need more than their top %d candidates", pending.numel(), top_k)
@@ -241,11 +245,13 @@ def _decode_batch(preds: Tensor, n: int, s: int, boxes_per_cell: int, num_classe
     if len(found) > 1:  # images finished in different rounds: restore image order, keeping score order within
         order = torch.sort(image, stable=True).indices
         image, flat = image[order], flat[order]
-    return BatchDetections(boxes_xyxy[image, flat // num_classes], scores[image, flat], flat % num_classes, image)
+    return BatchDetections(boxes_flat.index_select(0, image * num_predictors + flat // num_classes),
+                           scores.view(-1).index_select(0, image * (num_predictors * num_classes) + flat),
+                           flat % num_classes, image)
 
 
 def _batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float, *,
-                 coordinate_range: tuple[float, float] | None = None) -> Tensor:
+                 coordinate_range: tuple[float, float] | None = None, in_priority_order: bool = False) -> Tensor:
     """Greedy NMS within groups -> int64 indices of the kept boxes: (K, 4) xyxy boxes, (K,) scores, (K,) int64
     group ids >= 0. By score descending when one kernel call does it all; otherwise call by call.
 
@@ -268,55 +274,80 @@ def _batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_thresho
         return torch.zeros(0, dtype=torch.int64, device=scores.device)
     on_cpu = scores.device.type == "cpu"
     with _cpu_threads(_DECODE_CPU_THREADS if on_cpu else None):
-        boxes64 = boxes_xyxy.double()
-        if coordinate_range is None:
-            low, high = boxes64.min().floor(), boxes64.max().ceil()  # 0-d tensors: no sync
-            boxes64, span = boxes64 - low, high - low + 1
-        else:
-            low, high = math.floor(coordinate_range[0]), math.ceil(coordinate_range[1])
-            boxes64, span = (boxes64 - low if low else boxes64), high - low + 1
-        shifted = torch.add(boxes64, groups.double()[:, None], alpha=span) if isinstance(span, int) else (
-            boxes64 + (groups.double() * span)[:, None])  # (K, 4), a new tensor: groups never overlap
         scores64 = scores.double()
         if not on_cpu or _CPU_NMS_CHUNK is None or k <= _CPU_NMS_CHUNK or bool((groups == groups[0]).all()):
-            return _tv_nms(shifted, scores64, iou_threshold)
-        order = torch.argsort(groups, stable=True)  # (K,) groups contiguous
+            return _tv_nms(_shifted_boxes(boxes_xyxy, groups, coordinate_range), scores64, iou_threshold)
+        if in_priority_order:  # the order within groups is already the priority order: one sort puts them together
+            order = torch.argsort(groups, stable=True)  # (K,) groups contiguous, priority order within each
+        else:
+            ranked = torch.argsort(scores64, descending=True, stable=True)  # (K,) priority order
+            order = ranked[torch.argsort(groups[ranked], stable=True)]  # (K,) the same, groups contiguous
         sizes = torch.unique_consecutive(groups[order], return_counts=True)[1]  # (G,)
         if int((sizes * (sizes - 1)).sum()) // 2 <= _CPU_PAIRS_PER_BOX * k:  # many small groups: all their pairs
-            ranked = torch.argsort(scores64, descending=True, stable=True)  # (K,) priority order
-            return ranked[_greedy_nms_in_order(boxes_xyxy.double()[ranked], groups[ranked], iou_threshold)]
+            return order[_greedy_nms_runs(boxes_xyxy[order].double(), sizes, iou_threshold)]
         # Groups starting in the same window of _CPU_NMS_CHUNK positions share a call: < chunk + 1 group each.
+        shifted = _shifted_boxes(boxes_xyxy, groups, coordinate_range)
         window = (sizes.cumsum(0) - sizes) // _CPU_NMS_CHUNK  # (G,) non-decreasing
         call_sizes = torch.zeros(int(window[-1]) + 1, dtype=torch.int64).index_add_(0, window, sizes)
         return torch.cat([members[_tv_nms(shifted[members], scores64[members], iou_threshold)]
                           for members in order.split(call_sizes[call_sizes > 0].tolist())])
 
 
+def _shifted_boxes(boxes_xyxy: Tensor, groups: Tensor, coordinate_range: tuple[float, float] | None) -> Tensor:
+    """(K, 4) boxes -> (K, 4) float64 boxes of group g moved by g * span, an integer (see `_batched_nms`)."""
+    boxes64 = boxes_xyxy.double()
+    if coordinate_range is None:
+        low, high = boxes64.min().floor(), boxes64.max().ceil()  # 0-d tensors: no sync
+        boxes64, span = boxes64 - low, high - low + 1
+    else:
+        low, high = math.floor(coordinate_range[0]), math.ceil(coordinate_range[1])
+        boxes64, span = (boxes64 - low if low else boxes64), high - low + 1
+    return torch.add(boxes64, groups.double()[:, None], alpha=span) if isinstance(span, int) else (
+        boxes64 + (groups.double() * span)[:, None])  # (K, 4), a new tensor: groups never overlap
+
+
 def _greedy_nms_in_order(boxes_xyxy: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
-    """Exact greedy NMS within groups of (K, 4) xyxy boxes given in priority order -> (K,) bool keep mask.
+    """Exact greedy NMS within groups of (K, 4) xyxy boxes given in priority order -> (K,) bool keep mask
+    (see `_greedy_nms_runs`)."""
+    if groups.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool, device=groups.device)
+    order = torch.argsort(groups, stable=True)  # (K,) groups contiguous, priority order within each
+    sizes = torch.unique_consecutive(groups[order], return_counts=True)[1]  # (G,)
+    keep = torch.empty(groups.numel(), dtype=torch.bool, device=groups.device)
+    keep[order] = _greedy_nms_runs(boxes_xyxy[order], sizes, iou_threshold)
+    return keep
+
+
+def _greedy_nms_runs(boxes_xyxy: Tensor, sizes: Tensor, iou_threshold: float) -> Tensor:
+    """Exact greedy NMS within consecutive runs (groups) of the given (G,) sizes of (K, 4) xyxy boxes, each run in
+    priority order -> (K,) bool keep mask.
 
     For many small groups on CPU (see `_batched_nms`): only pairs of one group are compared, all at once, and
     the keep mask is the unique fixed point of
     keep[b] = no kept earlier box a of b's group has IoU(a, b) > iou_threshold, reached by plain iteration
     (after t rounds every box with a suppression chain shorter than t is final).
     """
-    num = groups.numel()
-    if num == 0:
-        return torch.zeros(0, dtype=torch.bool, device=groups.device)
-    order = torch.argsort(groups, stable=True)  # (K,) groups contiguous, priority order within each
-    sizes = torch.unique_consecutive(groups[order], return_counts=True)[1]  # (G,)
-    boxes_sorted = boxes_xyxy[order]  # (K, 4)
-    earlier, later = _pairs_within_runs(sizes)  # (pairs,) positions in `order`, earlier < later
-    overlap = box_iou_aligned(boxes_sorted[earlier], boxes_sorted[later]) > iou_threshold  # (pairs,)
-    earlier, later = earlier[overlap], later[overlap]
-    keep_sorted = torch.ones(num, dtype=torch.bool, device=groups.device)
+    num = boxes_xyxy.shape[0]
+    earlier, later = _pairs_within_runs(sizes)  # (pairs,) positions, earlier < later
+    # `box_iou_aligned`'s arithmetic, on contiguous coordinate columns (much faster than (pairs, 2) slices) and
+    # with each box's area computed once rather than once per pair.
+    x1, y1, x2, y2 = boxes_xyxy.t().contiguous()  # (K,) each
+    area = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)  # (K,)
+
+    def pick(column: Tensor) -> tuple[Tensor, Tensor]:
+        return column.index_select(0, earlier), column.index_select(0, later)  # (pairs,) each
+
+    (x1a, x1b), (y1a, y1b), (x2a, x2b), (y2a, y2b), (area_a, area_b) = map(pick, (x1, y1, x2, y2, area))
+    inter = ((torch.minimum(x2a, x2b) - torch.maximum(x1a, x1b)).clamp_(min=0)
+             * (torch.minimum(y2a, y2b) - torch.maximum(y1a, y1b)).clamp_(min=0))  # (pairs,)
+    overlap = ((inter / (area_a + area_b - inter).clamp_(min=1e-9)) > iou_threshold).nonzero().squeeze(1)
+    earlier, later = earlier.index_select(0, overlap), later.index_select(0, overlap)
+    keep = torch.ones(num, dtype=torch.bool, device=boxes_xyxy.device)
     for _ in range(num + 1):  # at most K + 1 rounds; usually 2-4
-        suppressed = torch.zeros_like(keep_sorted).index_fill_(0, later[keep_sorted[earlier]], True)
-        if torch.equal(~suppressed, keep_sorted):
+        suppressed = torch.zeros_like(keep).index_fill_(0, later[keep[earlier]], True)
+        if torch.equal(~suppressed, keep):
             break
-        keep_sorted = ~suppressed
-    keep = torch.empty_like(keep_sorted)
-    keep[order] = keep_sorted
+        keep = ~suppressed
     return keep
 
 
