@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from torchvision.ops import batched_nms as tv_batched_nms
+from torchvision.ops import box_iou
 from torchvision.ops import nms as tv_nms
 
 import yolov1.encode as encode_module
@@ -487,6 +488,46 @@ def test_batched_nms_mask_suppresses_only_above_the_threshold():
     empty = _batched_nms_mask(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5)
     assert empty.shape == (0,)
     assert _batched_nms(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64), 0.5).dtype == torch.int64
+
+
+def _greedy_reference(xyxy, groups, iou):
+    """Greedy NMS in input order (the priority order) within groups, box by box in Python, float64 IoU."""
+    boxes = xyxy.double()
+    keep = []
+    for i in range(len(boxes)):
+        rivals = [j for j in keep if groups[j] == groups[i]]
+        if not rivals or not bool((box_iou(boxes[i : i + 1], boxes[rivals]) > iou).any()):
+            keep.append(i)
+    return torch.zeros(len(boxes), dtype=torch.bool).index_fill_(0, torch.tensor(keep, dtype=torch.int64), True)
+
+
+def test_batched_nms_in_priority_order_takes_ties_in_input_order(monkeypatch):
+    # decode's layout: image blocks, each by score descending, groups image * C + class: many small groups, so
+    # CPU takes the all-pairs path (checked below), with one sort by group and the input order within each.
+    # Scores in eighths tie often; the promised order decides between tied overlapping boxes.
+    g = torch.Generator().manual_seed(6)
+    n, k, c = 12, 50, 20
+    scores = ((torch.rand(n, k, generator=g) * 8).round() / 8).sort(dim=1, descending=True, stable=True).values
+    groups = (torch.arange(n)[:, None] * c + torch.randint(0, c, (n, k), generator=g)).flatten()
+    xy = torch.rand(n * k, 2, generator=g) * 0.6
+    xyxy = torch.cat((xy, xy + 0.1 + torch.rand(n * k, 2, generator=g) * 0.3), dim=1)
+    calls = []
+    runs = encode_module._greedy_nms_runs
+    monkeypatch.setattr(encode_module, "_greedy_nms_runs", lambda *a: calls.append(1) or runs(*a))
+    got = _batched_nms_mask(xyxy, scores.flatten(), groups, 0.3, in_priority_order=True)
+    assert calls == [1]
+    assert torch.equal(got, _greedy_reference(xyxy, groups, 0.3))
+    assert 0 < int(got.sum()) < n * k  # something was suppressed
+
+
+def test_pairs_within_runs_lists_every_pair_of_a_run_once():
+    sizes = torch.tensor([1, 3, 1, 4, 2])
+    want = [(a, b) for start, size in zip([0, 1, 4, 5, 9], sizes.tolist(), strict=True)
+            for a in range(start, start + size) for b in range(a + 1, start + size)]
+    first, second = encode_module._pairs_within_runs(sizes)
+    assert list(zip(first.tolist(), second.tolist(), strict=True)) == want
+    assert [t.tolist() for t in encode_module._pairs_within_runs(sizes, len(want))] == [first.tolist(),
+                                                                                       second.tolist()]
 
 
 def test_batched_nms_known_range_equals_measured_range():

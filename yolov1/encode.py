@@ -44,7 +44,7 @@ _FIRST_TOP_K_SPARE = 4
 # Boxes per NMS kernel call on CPU (groups are packed up to about this many; benchmarks/bench_nms.py).
 _CPU_NMS_CHUNK = 256
 # On CPU, when the pairs within groups number at most this many per box (many small groups, as in decode's
-# default regime), `_greedy_nms_in_order` compares them all at once instead of calling the kernel per chunk.
+# default regime), `_greedy_nms_runs` compares them all at once instead of calling the kernel per chunk.
 _CPU_PAIRS_PER_BOX = 8
 # Threads for decode on CPU (None: leave torch's setting alone); benchmarks/bench_decode.py compares 1 and 2.
 _DECODE_CPU_THREADS: int | None = 1
@@ -266,8 +266,12 @@ def _batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_thresho
     Off the CPU: one kernel call (one host sync, the kernel's own). On CPU (one thread, see `_DECODE_CPU_THREADS`),
     where the kernel compares each kept box with every later box of its call: up to `_CPU_NMS_CHUNK` boxes or a
     single group, one call; many small groups (at most `_CPU_PAIRS_PER_BOX` within-group pairs per box, decode's
-    default regime), `_greedy_nms_in_order` on all their pairs at once; otherwise whole groups packed into calls
+    default regime), `_greedy_nms_runs` on all their pairs at once; otherwise whole groups packed into calls
     of about `_CPU_NMS_CHUNK` boxes, so a box is rarely compared with unrelated groups.
+
+    ``in_priority_order=True`` is the caller's promise that within each group the boxes already come by score
+    descending (equal scores in the order they should be taken), as decode's top-k lists do: the small-group path
+    then needs one sort (by group) instead of three. Without it, equal scores go by position on that path.
     """
     k = scores.numel()
     if k == 0:
@@ -277,14 +281,14 @@ def _batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_thresho
         scores64 = scores.double()
         if not on_cpu or _CPU_NMS_CHUNK is None or k <= _CPU_NMS_CHUNK or bool((groups == groups[0]).all()):
             return _tv_nms(_shifted_boxes(boxes_xyxy, groups, coordinate_range), scores64, iou_threshold)
-        if in_priority_order:  # the order within groups is already the priority order: one sort puts them together
-            order = torch.argsort(groups, stable=True)  # (K,) groups contiguous, priority order within each
-        else:
-            ranked = torch.argsort(scores64, descending=True, stable=True)  # (K,) priority order
-            order = ranked[torch.argsort(groups[ranked], stable=True)]  # (K,) the same, groups contiguous
+        order = torch.argsort(groups, stable=True)  # (K,) groups contiguous, input order within each
         sizes = torch.unique_consecutive(groups[order], return_counts=True)[1]  # (G,)
-        if int((sizes * (sizes - 1)).sum()) // 2 <= _CPU_PAIRS_PER_BOX * k:  # many small groups: all their pairs
-            return order[_greedy_nms_runs(boxes_xyxy[order].double(), sizes, iou_threshold)]
+        num_pairs = int((sizes * (sizes - 1)).sum()) // 2  # within groups
+        if num_pairs <= _CPU_PAIRS_PER_BOX * k:  # many small groups: all their pairs at once, in priority order
+            if not in_priority_order:
+                ranked = torch.argsort(scores64, descending=True, stable=True)  # (K,) priority order
+                order = ranked[torch.argsort(groups[ranked], stable=True)]  # (K,) the same, groups contiguous
+            return order[_greedy_nms_runs(boxes_xyxy[order].double(), sizes, iou_threshold, num_pairs)]
         # Groups starting in the same window of _CPU_NMS_CHUNK positions share a call: < chunk + 1 group each.
         shifted = _shifted_boxes(boxes_xyxy, groups, coordinate_range)
         window = (sizes.cumsum(0) - sizes) // _CPU_NMS_CHUNK  # (G,) non-decreasing
@@ -306,19 +310,8 @@ def _shifted_boxes(boxes_xyxy: Tensor, groups: Tensor, coordinate_range: tuple[f
         boxes64 + (groups.double() * span)[:, None])  # (K, 4), a new tensor: groups never overlap
 
 
-def _greedy_nms_in_order(boxes_xyxy: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
-    """Exact greedy NMS within groups of (K, 4) xyxy boxes given in priority order -> (K,) bool keep mask
-    (see `_greedy_nms_runs`)."""
-    if groups.numel() == 0:
-        return torch.zeros(0, dtype=torch.bool, device=groups.device)
-    order = torch.argsort(groups, stable=True)  # (K,) groups contiguous, priority order within each
-    sizes = torch.unique_consecutive(groups[order], return_counts=True)[1]  # (G,)
-    keep = torch.empty(groups.numel(), dtype=torch.bool, device=groups.device)
-    keep[order] = _greedy_nms_runs(boxes_xyxy[order], sizes, iou_threshold)
-    return keep
-
-
-def _greedy_nms_runs(boxes_xyxy: Tensor, sizes: Tensor, iou_threshold: float) -> Tensor:
+def _greedy_nms_runs(boxes_xyxy: Tensor, sizes: Tensor, iou_threshold: float,
+                     num_pairs: int | None = None) -> Tensor:
     """Exact greedy NMS within consecutive runs (groups) of the given (G,) sizes of (K, 4) xyxy boxes, each run in
     priority order -> (K,) bool keep mask.
 
@@ -328,7 +321,7 @@ def _greedy_nms_runs(boxes_xyxy: Tensor, sizes: Tensor, iou_threshold: float) ->
     (after t rounds every box with a suppression chain shorter than t is final).
     """
     num = boxes_xyxy.shape[0]
-    earlier, later = _pairs_within_runs(sizes)  # (pairs,) positions, earlier < later
+    earlier, later = _pairs_within_runs(sizes, num_pairs)  # (pairs,) positions, earlier < later
     # `box_iou_aligned`'s arithmetic, on contiguous coordinate columns (much faster than (pairs, 2) slices) and
     # with each box's area computed once rather than once per pair.
     x1, y1, x2, y2 = boxes_xyxy.t().contiguous()  # (K,) each
@@ -351,15 +344,18 @@ def _greedy_nms_runs(boxes_xyxy: Tensor, sizes: Tensor, iou_threshold: float) ->
     return keep
 
 
-def _pairs_within_runs(sizes: Tensor) -> tuple[Tensor, Tensor]:
-    """Consecutive runs of the given sizes -> every pair (a, b), a < b, of positions within one run."""
+def _pairs_within_runs(sizes: Tensor, num_pairs: int | None = None) -> tuple[Tensor, Tensor]:
+    """Consecutive runs of the given (G,) sizes -> every pair (a, b), a < b, of positions within one run: two
+    (pairs,) int64 tensors, by a then b. ``num_pairs``, when the caller knows it, is sum(size * (size - 1) / 2)."""
     total = int(sizes.sum())
-    starts = sizes.cumsum(0) - sizes  # (G,)
+    if num_pairs is None:
+        num_pairs = int((sizes * (sizes - 1)).sum()) // 2
     position = torch.arange(total, device=sizes.device)
-    after = (starts + sizes).repeat_interleave(sizes) - 1 - position  # (total,) later members of the same run
-    first = torch.repeat_interleave(position, after)  # (pairs,)
-    offset = torch.arange(first.numel(), device=sizes.device) - (after.cumsum(0) - after).repeat_interleave(after)
-    return first, first + 1 + offset
+    after = sizes.cumsum(0).repeat_interleave(sizes, output_size=total) - 1 - position  # (total,) later in run
+    first = torch.repeat_interleave(after, output_size=num_pairs)  # (pairs,) position a, `after[a]` times
+    start = after.cumsum(0) - after  # (total,) where the pairs of each first position start
+    second = torch.arange(1, num_pairs + 1, device=sizes.device) - start.index_select(0, first) + first
+    return first, second
 
 
 @contextmanager
