@@ -16,6 +16,7 @@ Exit status: 0 when at least one image was predicted, 2 on an error or when ever
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -72,7 +73,8 @@ def resolve_weights(model: str, params_path: Path | None = None) -> Path:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(model))
+        with _quiet_mlflow_info():
+            local = Path(mlflow.artifacts.download_artifacts(model))
     except (MlflowException, OSError) as err:
         first = str(getattr(err, "message", err)).strip().splitlines()[0][:200] if str(err).strip() else ""
         raise PredictError(f"{model}: not found in the tracking store {redact_url(uri)} ({redact(first)})") from None
@@ -80,6 +82,23 @@ def resolve_weights(model: str, params_path: Path | None = None) -> Path:
     if not found:
         raise PredictError(f"{model}: no weights (.pt) artifact in the model")
     return found[0]
+
+
+@contextlib.contextmanager
+def _quiet_mlflow_info():
+    """MLflow's INFO lines (store set-up, background monitors) kept off stderr while the model is looked up.
+
+    MLflow logs through its own handler straight to stderr; predict's stderr is its own one-line errors and
+    the skipped-file lines. MLflow's warnings and errors still show."""
+    import logging
+
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _tracking_uri(params_path: Path | None) -> str:
@@ -107,6 +126,23 @@ def _require_local_store(model: str, uri: str) -> None:
     if not path.exists():
         raise PredictError(f"{model}: no MLflow store at {path} (tracking URI {redact_url(uri)}); set "
                            "MLFLOW_TRACKING_URI or run from the workspace that holds the registry")
+    if uri.startswith("sqlite:///") and not _has_mlflow_tables(path):
+        # MLflow would create its tables in this file (and log that on stderr) before reporting "not found".
+        raise PredictError(f"{model}: {path} is not an MLflow store (no registry tables; tracking URI "
+                           f"{redact_url(uri)}); set MLFLOW_TRACKING_URI or run from the workspace that holds it")
+
+
+def _has_mlflow_tables(path: Path) -> bool:
+    """Whether the sqlite file holds MLflow's tables; opened read-only, so looking never writes to it."""
+    import sqlite3
+    from urllib.parse import quote
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro", uri=True)) as db:
+            names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError:  # not a database at all, or unreadable
+        return False
+    return {"experiments", "runs", "registered_models", "model_versions"} <= names
 
 
 def _settings(weights_inference: dict | None, params_path: Path | None, weights: Path, args) -> object:

@@ -522,5 +522,59 @@ def test_predict_registry_uri_missing_in_an_existing_store(tmp_path: Path, capsy
     image = tmp_path / "img.png"
     image.write_bytes(_png_bytes(_array()))
     code, _, err = _predict([image, "--model", "models:/yolov1-demo@champion"], capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert code == 2 and len(err.strip().splitlines()) == 1, err  # MLflow's INFO lines are not predict's output
     assert f"models:/yolov1-demo@champion: not found in the tracking store {store} (" in err
+
+
+@pytest.mark.parametrize("content", ["empty", "other-db", "not-a-db"])
+def test_predict_registry_uri_on_a_file_that_is_no_mlflow_store_leaves_it_untouched(tmp_path: Path, capsys,
+                                                                                     monkeypatch, content):
+    import sqlite3
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "mlflow.db"
+    if content == "empty":
+        path.touch()  # what `touch mlflow.db` or an interrupted first run leaves
+    elif content == "other-db":
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE notes (text TEXT)")
+    else:
+        path.write_bytes(b"not a database\n" * 10)
+    before = path.read_bytes()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{path}")
+    image = tmp_path / "img.png"
+    image.write_bytes(_png_bytes(_array()))
+    code, _, err = _predict([image, "--model", "models:/yolov1-demo@champion"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{path} is not an MLflow store" in err and f"sqlite:///{path}" in err
+    assert path.read_bytes() == before  # reading never creates MLflow's tables in somebody's file
+
+
+def test_predict_registry_lookup_keeps_mlflow_info_lines_off_stderr(tmp_path: Path, capsys, monkeypatch):
+    # The symptom once seen in the full suite: MLflow's own INFO lines ("Creating initial MLflow database tables...",
+    # "Updating database tables") around the one error line. MLflow logs them through its handler straight to
+    # stderr; here the lookup emits them itself, then fails as a missing model does.
+    import logging
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.MlflowClient(tracking_uri=store).search_experiments()
+    capsys.readouterr()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+
+    def chatty_lookup(uri, *args, **kwargs):
+        logging.getLogger("mlflow.store.db.utils").info("Creating initial MLflow database tables...")
+        logging.getLogger("mlflow.store.db.utils").info("Updating database tables")
+        raise MlflowException("Registered Model with name=yolov1-demo not found", error_code="RESOURCE_DOES_NOT_EXIST")
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", chatty_lookup)
+    image = tmp_path / "img.png"
+    image.write_bytes(_png_bytes(_array()))
+    code, _, err = _predict([image, "--model", "models:/yolov1-demo@champion"], capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        f"yolov1 predict: error: models:/yolov1-demo@champion: not found in the tracking store {store} "
+        "(Registered Model with name=yolov1-demo not found)"]
+    assert logging.getLogger("mlflow").level == logging.INFO  # restored: MLflow's INFO logging is as it was
