@@ -16,7 +16,15 @@ from torch import Tensor, nn
 from yolov1.checkpoint import CheckpointError, read_weights, save_weights
 from yolov1.config import ModelConfig
 from yolov1.model import build_model
-from yolov1.predict import Detector, ImageError, InferenceSettings, Prediction, image_size, load_image, preprocess
+from yolov1.predict import (
+    Detector,
+    ImageError,
+    InferenceSettings,
+    Prediction,
+    image_size,
+    load_image,
+    preprocess,
+)
 
 CLASSES = ("aeroplane", "bicycle", "bird")
 TINY = ModelConfig(variant="fast", input_size=112, grid_size=7, boxes_per_cell=2, num_classes=3, batch_norm=True,
