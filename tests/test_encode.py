@@ -16,6 +16,7 @@ from torchvision.ops import nms as tv_nms
 
 import yolov1.encode as encode_module
 from tests.sync_count import count_host_syncs
+from yolov1.boxes import cxcywh_to_xyxy
 from yolov1.encode import (
     BatchDetections,
     Detections,
@@ -518,6 +519,19 @@ def test_batched_nms_in_priority_order_takes_ties_in_input_order(monkeypatch):
     assert calls == [1]
     assert torch.equal(got, _greedy_reference(xyxy, groups, 0.3))
     assert 0 < int(got.sum()) < n * k  # something was suppressed
+
+
+def test_predicted_boxes_are_cxcywh_to_xyxy_bit_for_bit():
+    # decode's box step is a fused rewrite of cxcywh_to_xyxy: it must round exactly as the plain formula does.
+    g = torch.Generator().manual_seed(7)
+    for n, s, b, dtype in ((3, 7, 2, torch.float32), (2, 5, 1, torch.float64), (1, 1, 3, torch.float32)):
+        preds = torch.randn(n, s, s, 5 * b + 4, generator=g, dtype=dtype) * 2
+        raw = preds[..., : 5 * b].reshape(n, s, s, b, 5)
+        grid = torch.arange(s, dtype=dtype)
+        cx = (raw[..., 0] + grid[None, None, :, None]) / s
+        cy = (raw[..., 1] + grid[None, :, None, None]) / s
+        want = cxcywh_to_xyxy(torch.stack((cx, cy, raw[..., 2] ** 2, raw[..., 3] ** 2), dim=-1)).clamp(0, 1)
+        assert torch.equal(encode_module._predicted_boxes_xyxy(preds, b), want.reshape(n, s * s * b, 4))
 
 
 def test_pairs_within_runs_lists_every_pair_of_a_run_once():

@@ -31,8 +31,6 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import nms as _tv_nms
 
-from yolov1.boxes import cxcywh_to_xyxy
-
 __all__ = ["EncodedTarget", "Detections", "BatchDetections", "cell_indices", "encode", "decode", "decode_batch",
            "targets_to_predictions"]
 
@@ -218,7 +216,7 @@ def _decode_batch(preds: Tensor, n: int, s: int, boxes_per_cell: int, num_classe
     most = int(num_candidates.max()) if n else 0  # host sync 0, once: no round looks past the last candidate
     top_k = min(most, max_detections + max_detections // _FIRST_TOP_K_SPARE)
     while pending.numel() > 0:
-        pending_scores = scores if pending.numel() == n else scores[pending]  # (n', P*C)
+        pending_scores = scores if pending.numel() == n else scores.index_select(0, pending)  # (n', P*C)
         top_scores, top_index = pending_scores.topk(top_k, dim=1)  # (n', k) each, by score descending
         # Positions in the flattened (n', k) top lists; index_select on flat views is cheaper than 2-D indexing.
         valid = (top_scores > score_threshold).view(-1).nonzero().squeeze(1)  # (V,) host sync 1
@@ -231,7 +229,7 @@ def _decode_batch(preds: Tensor, n: int, s: int, boxes_per_cell: int, num_classe
         keep = keep.index_fill_(0, valid.index_select(0, kept), True).view_as(top_scores)  # (n', k)
         # Survival depends only on higher-scoring candidates, so the top survivors are final once there are
         # max_detections of them, or once every candidate of the image was among the top k.
-        done = (keep.sum(dim=1) >= max_detections) | (num_candidates[pending] <= top_k)  # (n',)
+        done = (keep.sum(dim=1) >= max_detections) | (num_candidates.index_select(0, pending) <= top_k)  # (n',)
         keep &= (keep.cumsum(dim=1) <= max_detections) & done[:, None]
         final = keep.view(-1).nonzero().squeeze(1)  # host sync 3; image by image, score descending within each
         found.append((pending.index_select(0, final // top_k), top_index.view(-1).index_select(0, final)))
@@ -282,13 +280,14 @@ def _batched_nms(boxes_xyxy: Tensor, scores: Tensor, groups: Tensor, iou_thresho
         if not on_cpu or _CPU_NMS_CHUNK is None or k <= _CPU_NMS_CHUNK or bool((groups == groups[0]).all()):
             return _tv_nms(_shifted_boxes(boxes_xyxy, groups, coordinate_range), scores64, iou_threshold)
         order = torch.argsort(groups, stable=True)  # (K,) groups contiguous, input order within each
-        sizes = torch.unique_consecutive(groups[order], return_counts=True)[1]  # (G,)
+        sizes = torch.unique_consecutive(groups.index_select(0, order), return_counts=True)[1]  # (G,)
         num_pairs = int((sizes * (sizes - 1)).sum()) // 2  # within groups
         if num_pairs <= _CPU_PAIRS_PER_BOX * k:  # many small groups: all their pairs at once, in priority order
             if not in_priority_order:
                 ranked = torch.argsort(scores64, descending=True, stable=True)  # (K,) priority order
                 order = ranked[torch.argsort(groups[ranked], stable=True)]  # (K,) the same, groups contiguous
-            return order[_greedy_nms_runs(boxes_xyxy[order].double(), sizes, iou_threshold, num_pairs)]
+            boxes_sorted = boxes_xyxy.index_select(0, order).double()  # (K, 4)
+            return order[_greedy_nms_runs(boxes_sorted, sizes, iou_threshold, num_pairs)]
         # Groups starting in the same window of _CPU_NMS_CHUNK positions share a call: < chunk + 1 group each.
         shifted = _shifted_boxes(boxes_xyxy, groups, coordinate_range)
         window = (sizes.cumsum(0) - sizes) // _CPU_NMS_CHUNK  # (G,) non-decreasing
@@ -378,10 +377,11 @@ def _predicted_boxes_xyxy(preds: Tensor, boxes_per_cell: int) -> Tensor:
     n, s = preds.shape[0], preds.shape[1]
     raw = preds[..., : 5 * boxes_per_cell].reshape(n, s, s, boxes_per_cell, 5)  # (N, S, S, B, 5)
     grid = torch.arange(s, dtype=preds.dtype, device=preds.device)
-    cx = (raw[..., 0] + grid[None, None, :, None]) / s  # column j runs along dim 2
-    cy = (raw[..., 1] + grid[None, :, None, None]) / s  # row i runs along dim 1
-    boxes_cxcywh = torch.stack((cx, cy, raw[..., 2].square(), raw[..., 3].square()), dim=-1)  # (N, S, S, B, 4)
-    return cxcywh_to_xyxy(boxes_cxcywh).clamp_(0.0, 1.0).reshape(n, s * s * boxes_per_cell, 4)
+    cells = torch.stack(torch.meshgrid(grid, grid, indexing="xy"), dim=-1)[:, :, None]  # (S, S, 1, 2): (j, i)
+    centre = (raw[..., :2] + cells) / s  # (N, S, S, B, 2) = (cx, cy)
+    half = raw[..., 2:4].square() / 2  # (N, S, S, B, 2) = (w / 2, h / 2)
+    # cxcywh_to_xyxy's arithmetic (c - w / 2, c + w / 2) in fewer, larger ops.
+    return torch.cat((centre - half, centre + half), dim=-1).clamp_(0.0, 1.0).reshape(n, s * s * boxes_per_cell, 4)
 
 
 def _check_predictions(predictions: Tensor, boxes_per_cell: int, num_classes: int) -> tuple[int, int]:
