@@ -413,6 +413,23 @@ def test_decode_ignores_nan_scores():
     torch.testing.assert_close(det.scores, torch.tensor([0.4, 0.08]))
 
 
+def test_decode_candidates_are_scores_above_the_threshold_in_float32():
+    # S=1, B=1, conf 1: the scores are the class scores. score > threshold is decided in float32 (0.1 rounds to
+    # float32(0.1), which is therefore not above it; the next float32 is), NaN never passes, +inf always; -0.0
+    # passes a negative threshold and keeps its sign; a NaN threshold passes nothing.
+    tenth = torch.tensor(0.1, dtype=torch.float32)
+    above = torch.nextafter(tenth, torch.tensor(1.0))
+    classes = torch.stack([tenth, above, torch.tensor(float("inf")), torch.tensor(-0.0), torch.tensor(float("nan")),
+                           torch.tensor(0.3)])
+    preds = torch.cat((torch.tensor([0.5, 0.5, 0.5, 0.5, 1.0]), classes)).reshape(1, 1, 1, 11)
+    (det,) = run_decode(preds, b=1, c=6, score=0.1)
+    assert det.labels.tolist() == [2, 5, 1] and det.scores[2] == above
+    (det,) = run_decode(preds, b=1, c=6, score=-0.5)
+    assert det.labels.tolist() == [2, 5, 1, 0, 3] and torch.signbit(det.scores[4])
+    (det,) = run_decode(preds, b=1, c=6, score=float("nan"))
+    assert det.labels.numel() == 0
+
+
 def test_decode_rejects_wrong_channel_count():
     with pytest.raises(ValueError, match=r"\(N, S, S, 5B \+ C\) = \(N, S, S, 30\)"):
         run_decode(torch.zeros(1, 7, 7, 31), b=2, c=20)
