@@ -215,7 +215,7 @@ def _decode_batch(preds: Tensor, n: int, s: int, boxes_per_cell: int, num_classe
     else:
         torch.threshold_(scores, score_threshold, float("-inf"))  # x <= threshold -> -inf; NaN stays NaN
         scores.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
-    num_candidates = (scores > score_threshold).sum(dim=1)  # (N,)
+    num_candidates = torch.count_nonzero(scores > score_threshold, dim=1)  # (N,) int64
 
     found: list[tuple[Tensor, Tensor]] = []  # (image, flat candidate index) of kept detections, one per round
     pending = torch.arange(n, device=device)
