@@ -221,3 +221,61 @@ def test_prefect_startup_timeout_is_a_short_clear_error(monkeypatch, capsys):
     monkeypatch.setattr(flows, "training_pipeline", other)
     with pytest.raises(RuntimeError, match="something else"):
         flows.main([])
+
+
+# --- outputs respect the umask ------------------------------------------------------------------------------------
+
+def test_evaluate_outputs_and_logged_artifacts_respect_the_umask(tmp_path, monkeypatch):
+    """Under umask 022 everything the evaluate stage writes (reports/) and every artifact it logs to a local
+    MLflow store (sqlite + artifact folder) is readable by group and others: files written through mkstemp used
+    to stay 0600, and MLflow copies a file's mode into the artifact store."""
+    import json
+    import stat
+
+    import mlflow
+
+    from pipelines import evaluate as evaluate_stage
+    from pipelines.prepare import read_tables
+    from pipelines.tracking import configure
+    from tests.test_train_stage import CLASSES, _raw_params
+    from yolov1.checkpoint import save_weights
+    from yolov1.config import params_from_dict
+    from yolov1.model import build_model
+    from yolov1.synth import generate_voc
+
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.chdir(tmp_path)
+    generate_voc(tmp_path / "data" / "extracted", num_trainval=2, num_test=4, image_size=((80, 120), (64, 100)),
+                 seed=5, classes=CLASSES, max_objects=2, object_size=(0.25, 0.5), difficult_size=(0.06, 0.1),
+                 difficult_fraction=0.1, truncated_fraction=0.1, max_overhang=0.2, max_iou=0.3, colour_jitter=10)
+    raw = _raw_params()
+    raw["tracking"].update(experiment="umask", uri=f"sqlite:///{tmp_path}/mlflow.db",
+                           artifact_root=str(tmp_path / "mlartifacts"))
+    params = params_from_dict(raw)
+    tables = read_tables(params.data, workers=1)
+    (tmp_path / "data" / "prepared").mkdir()
+    tables.images.to_parquet(tmp_path / "data" / "prepared" / "images.parquet", index=False)
+    tables.objects.to_parquet(tmp_path / "data" / "prepared" / "objects.parquet", index=False)
+    save_weights(tmp_path / "models" / "yolov1.pt", build_model(params.model), params.model, CLASSES)
+    old = os.umask(0o022)
+    try:
+        experiment_id = configure(params.tracking)
+        with mlflow.start_run(experiment_id=experiment_id) as run:  # the training run evaluate logs into
+            pass
+        (tmp_path / "models" / "yolov1.json").write_text(json.dumps({"mlflow_run_id": run.info.run_id}))
+        evaluate_stage.run(params, track=True)
+    finally:
+        os.umask(old)
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    reports = tmp_path / "reports"
+    artifacts = tmp_path / "mlartifacts"
+    written = {p.relative_to(tmp_path).as_posix() for p in reports.rglob("*") if p.is_file()}
+    assert {"reports/metrics.json", "reports/pr.csv", "reports/pr_curves.png", "reports/predictions.png"} <= written
+    logged = [p for p in artifacts.rglob("*") if p.is_file()]
+    assert {"pr_curves.png", "predictions.png", "metrics.json", "params.yaml"} <= {p.name for p in logged}
+    for path in [reports, *reports.rglob("*"), artifacts, *artifacts.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        wanted = 0o055 if path.is_dir() else 0o044  # folders: group/others may also enter them
+        assert mode & wanted == wanted, f"{path.relative_to(tmp_path)}: mode {mode:o} under umask 022"
