@@ -586,3 +586,100 @@ def test_predict_registry_lookup_keeps_mlflow_info_lines_off_stderr(tmp_path: Pa
         f"yolov1 predict: error: models:/yolov1-demo@champion: not found in the tracking store {store} "
         "(Registered Model with name=yolov1-demo not found)"]
     assert logging.getLogger("mlflow").level == logging.INFO  # restored: MLflow's INFO logging is as it was
+
+
+# -- a real 20000 x 20000 PNG: refused from its header, before any decoder allocates --------------------------------
+
+
+def write_real_bomb_png(path: Path, width: int = 20000, height: int = 20000) -> int:
+    """Write a complete, valid 8-bit greyscale PNG of zeros (width x height); returns its size in bytes.
+
+    The rows (filter byte 0 + `width` zero pixels) are streamed through zlib 256 at a time, so neither this
+    function nor the test ever holds the ``width * height`` bytes (400 MB for 20000 x 20000) it describes.
+    """
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\0" * (width + 1)
+    compressor = zlib.compressobj(9)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)))
+        for start in range(0, height, 256):
+            data = compressor.compress(row * min(256, height - start))
+            if data:
+                f.write(chunk(b"IDAT", data))
+        f.write(chunk(b"IDAT", compressor.flush()) + chunk(b"IEND", b""))
+    return path.stat().st_size
+
+
+def check_real_png(path: Path, width: int, height: int) -> None:
+    """The file is a whole image, not a stub: every chunk's CRC holds and its IDAT data inflate (streamed, in
+    4 MB pieces) to exactly ``height`` rows of ``width + 1`` zero bytes."""
+    import struct
+    import zlib
+
+    data = path.read_bytes()
+    pos, idat = 8, []
+    while pos < len(data):
+        (length,), kind = struct.unpack(">I", data[pos : pos + 4]), data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        assert struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])[0] == zlib.crc32(kind + body)
+        if kind == b"IDAT":
+            idat.append(body)
+        pos += 12 + length
+    inflater, pending, total = zlib.decompressobj(), b"".join(idat), 0
+    while pending or not inflater.eof:
+        piece = inflater.decompress(pending, 4 << 20)
+        pending = inflater.unconsumed_tail
+        assert piece.count(0) == len(piece)
+        total += len(piece)
+        if not piece and not pending:
+            break
+    assert inflater.eof and total == height * (width + 1)
+    assert struct.unpack(">II", data[16:24]) == (width, height)  # IHDR
+
+
+RSS_SCRIPT = """
+import contextlib, io, json, resource, sys
+from pipelines.predict import main
+weights, good, bomb, out = sys.argv[1:5]
+def run(source, folder):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main([source, "--model", weights, "--device", "cpu", "--out", folder])
+    return code, err.getvalue()
+assert run(good, out + "/warm")[0] == 0  # imports, model load, one forward pass: all before the baseline
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+code, err = run(bomb, out + "/bomb")
+print("RESULT " + json.dumps({"code": code, "err": err,
+                              "growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024}))
+"""
+
+
+def test_predict_refuses_a_real_20000x20000_png_without_decoding_it(tmp_path: Path, weights: Path):
+    """A real 400-megapixel PNG (~390 KB): `yolov1 predict` names it, names the limit and skips it, and the
+    process's peak RSS barely moves (decoding it would take 400 MB as greyscale, 1.2 GB as RGB)."""
+    import os
+    import subprocess
+    import sys
+
+    bomb = tmp_path / "bomb.png"
+    size = write_real_bomb_png(bomb)
+    assert size < 1_000_000
+    check_real_png(bomb, 20000, 20000)
+    good = tmp_path / "good.png"
+    good.write_bytes(_png_bytes(_array(48, 64, seed=4)))
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(weights), str(good), str(bomb), str(tmp_path / "o")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads(out.stdout.split("RESULT ", 1)[1])
+    assert result["code"] == 2  # every image skipped
+    assert (f"skipped {bomb}: 400,000,000 pixels exceeds the limit of 40,000,000 (serve.max_image_pixels); "
+            "refused before decoding") in result["err"], result["err"]
+    assert "Traceback" not in result["err"]
+    assert result["growth_mb"] < 300, result  # measured growth, bounded generously; a decode would be >= 400 MB

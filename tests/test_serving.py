@@ -308,3 +308,54 @@ def test_predict_cli_resolves_a_registry_uri(ws, image, tmp_path):
     detections = json.loads((out_dir / "detections.json").read_text())
     assert list(detections) == [str(image[0])]
     assert (out_dir / f"{image[0].stem}.png").is_file()
+
+
+SERVED_RSS_SCRIPT = """
+import base64, json, resource, sys, types
+import numpy as np, pandas as pd, torch
+from mlflow.exceptions import MlflowException
+from pipelines.pyfunc import YoloV1Pyfunc
+from yolov1.checkpoint import save_weights
+from yolov1.config import ModelConfig
+from yolov1.model import build_model
+folder, good, bomb = sys.argv[1:4]
+cfg = ModelConfig(variant="fast", input_size=64, grid_size=2, boxes_per_cell=2, num_classes=3, batch_norm=True,
+                  width_multiplier=0.125, head="conv", head_hidden=16, dropout=0.0)
+torch.manual_seed(0)
+path = save_weights(folder + "/yolov1.pt", build_model(cfg), cfg, ["a", "b", "c"])
+model = YoloV1Pyfunc(score_threshold=0.0, nms_iou_threshold=0.5, max_detections=10, max_image_pixels=40_000_000,
+                     max_rows=4, max_request_bytes=2_000_000)
+model.load_context(types.SimpleNamespace(artifacts={"weights": str(path)}))
+b64 = lambda p: base64.b64encode(open(p, "rb").read()).decode("ascii")
+model.predict(None, pd.DataFrame({"image": [b64(good)]}))  # imports and one forward pass: before the baseline
+request = pd.DataFrame({"image": [b64(bomb)]})
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    model.predict(None, request)
+    outcome = {"status": 200}
+except MlflowException as err:
+    outcome = {"status": err.get_http_status_code(), "message": err.message}
+outcome["growth_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+print("RESULT " + json.dumps(outcome))
+"""
+
+
+def test_served_model_refuses_a_real_20000x20000_png_without_decoding_it(tmp_path):
+    """A real 400-megapixel PNG (~390 KB, ~520 KB as base64, under the request size limit): the served model
+    answers 400 naming the pixel limit, and its process's peak RSS barely moves (it used to decode it: +1.2 GB)."""
+    from tests.test_predict import check_real_png, write_real_bomb_png
+
+    bomb = tmp_path / "bomb.png"
+    assert write_real_bomb_png(bomb) < 1_000_000
+    check_real_png(bomb, 20000, 20000)
+    good = tmp_path / "good.png"
+    good.write_bytes(base64.b64decode(_png_b64()))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", SERVED_RSS_SCRIPT, str(tmp_path), str(good), str(bomb)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads(out.stdout.split("RESULT ", 1)[1])
+    assert result["status"] == 400, result
+    assert result["message"] == ("row 0: 400,000,000 pixels exceeds the limit of 40,000,000 "
+                                 "(serve.max_image_pixels); refused before decoding")
+    assert result["growth_mb"] < 300, result  # measured growth, bounded generously; a decode would be >= 400 MB
