@@ -23,7 +23,6 @@ import yaml
 
 from tests.pipeline_fixtures import Workspace, profile_classes, run_cmd, sample_image, shared_workspace
 
-
 COLUMNS = ["image", "label", "score", "xmin", "ymin", "xmax", "ymax"]
 SERVE_DEADLINE_S = 180  # mlflow + torch import and model load on 2 busy cores; only bounds a hung server
 # Threshold 0 (an inference param): the tiny model scores nothing above the logged 0.3, and the point is the plumbing.
