@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: setup test test-scaleout test-fast lint bench demo run clean help
+.PHONY: setup test test-e2e test-scaleout test-all test-fast lint bench demo run clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,14 +25,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pipelines.plots_html --repo .  # `dvc plots show` with the Vega scripts inlined (works offline)
 	@touch $@
 
-test: $(STAMP)  ## run the test suite (sets up first if needed); the scale-out group runs in test-scaleout
-	$(VENV)/bin/pytest -q -m "not scaleout"
+test: $(STAMP)  ## the test suite, rehearsal of the real run included (< 10 min on 2 idle cores; sets up first)
+	$(VENV)/bin/pytest -q -m "not scaleout and not e2e"
+
+test-e2e: $(STAMP)  ## the longest end-to-end chains: dvc repro + Prefect flow, mlflow models serve, a real MLflow server
+	$(VENV)/bin/pytest -q -m "e2e and not scaleout"
 
 test-scaleout: $(STAMP)  ## real servers on loopback: MLflow on PostgreSQL, a Prefect work pool, a DVC remote
 	$(VENV)/bin/pytest -q -m scaleout
 
+test-all: test test-e2e test-scaleout  ## everything CI runs before the demo
+
 test-fast: $(STAMP)  ## the tests without the slow end-to-end ones
-	$(VENV)/bin/pytest -q -m "not slow"
+	$(VENV)/bin/pytest -q -m "not slow and not scaleout and not e2e"
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check yolov1 pipelines tests benchmarks

@@ -79,11 +79,11 @@ def main() -> int:
         x = torch.rand(n, 3, cfg.input_size, cfg.input_size, generator=torch.Generator().manual_seed(n))
         with torch.inference_mode():
             reference = model(x).numpy()
-            runs = {
-                "PyTorch eager": (lambda: model(x), lambda: reference),
-                "TorchScript": (lambda: scripted(x), lambda: scripted(x).numpy()),
-                "ONNX Runtime": (lambda: session.run(None, {"images": x.numpy()}),
-                                 lambda: session.run(None, {"images": x.numpy()})[0]),
+            runs = {  # default arguments bind this batch's tensors (the lambdas are called in this iteration)
+                "PyTorch eager": (lambda x=x: model(x), lambda ref=reference: ref),
+                "TorchScript": (lambda x=x: scripted(x), lambda x=x: scripted(x).numpy()),
+                "ONNX Runtime": (lambda x=x: session.run(None, {"images": x.numpy()}),
+                                 lambda x=x: session.run(None, {"images": x.numpy()})[0]),
             }
             base = None
             for name, (step, output) in runs.items():

@@ -23,7 +23,7 @@ from tests.pipeline_fixtures import (
     stages_skipped,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="session")

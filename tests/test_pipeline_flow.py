@@ -12,7 +12,7 @@ import pytest
 
 from tests.pipeline_fixtures import Workspace, mlflow_client, shared_workspace
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="session")

@@ -122,7 +122,8 @@ def auth_server():
 @pytest.fixture
 def clean_env(monkeypatch):
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, "")  # recorded, so the code under test's own writes to these are undone afterwards
+        monkeypatch.delenv(key)
     return monkeypatch
 
 
@@ -175,6 +176,53 @@ def test_train_stage_against_a_dead_server_prints_no_secret(tmp_path, clean_env,
     out, err = capfd.readouterr()
     assert "cannot be reached" in err and "http://127.0.0.1:" in err  # the bare URI: credentials moved to env
     _assert_clean(out + err, "the train stage's output")
+
+
+@pytest.mark.parametrize("where", ["env, dead server", "env, server behind basic auth", "params tracking.uri"])
+def test_predict_registry_lookup_leaks_no_secret(tmp_path, clean_env, capfd, caplog, auth_server, where):
+    """`yolov1 predict --model models:/<name>@<alias>` with the tracking password in the URI (from
+    MLFLOW_TRACKING_URI or the params file's tracking.uri): the lookup fails (no server, or a server that knows
+    no such model), and the secret is in no printed line, log record or file."""
+    import logging
+
+    import mlflow
+    import numpy as np
+    from PIL import Image
+
+    from pipelines import predict as predict_stage
+
+    clean_env.chdir(tmp_path)
+    clean_env.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a dead server fails at once, not after backoff
+    live = where == "env, server behind basic auth"  # a stub answering {}: MLflow finds no weights there
+    port = auth_server.port if live else _closed_port()
+    uri = f"http://{USER}:{PASSWORD}@127.0.0.1:{port}"
+    Image.fromarray(np.zeros((30, 40, 3), dtype=np.uint8)).save(tmp_path / "img.png")
+    argv = ["img.png", "--model", "models:/yolov1-voc@champion", "--out", "out"]
+    if where == "params tracking.uri":
+        raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+        raw["tracking"]["uri"] = uri
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+        argv += ["--params", "params.yaml"]
+    else:
+        clean_env.setenv("MLFLOW_TRACKING_URI", uri)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            code = predict_stage.main(argv)
+    finally:
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    out, err = capfd.readouterr()
+    assert code == 2
+    assert err.startswith("yolov1 predict: error: models:/yolov1-voc@champion: ") and len(err.splitlines()) == 1
+    if live:
+        assert auth_server.seen and all(auth_server.seen)  # the credentials reached the server, on every request
+    else:  # the bare URI: its credentials moved to MLflow's env
+        assert f"not found in the tracking store http://127.0.0.1:{port} " in err, err
+    _assert_clean(out + err, "predict's stdout/stderr")
+    _assert_clean("\n".join(r.getMessage() for r in caplog.records), "log records")
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "params.yaml"]  # params.yaml: the input
+    for path in files:
+        _assert_clean(path.read_bytes().decode("latin-1"), str(path))
 
 
 # --- Prefect: logs, states, results -------------------------------------------------------------------------------
@@ -260,6 +308,7 @@ def _start_mlflow_server(store: Path) -> tuple[subprocess.Popen, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_train_evaluate_register_leak_no_secret(tmp_path, clean_env, capfd, caplog):
     """The tiny pipeline stages, in-process, tracked through the basic-auth proxy to a real MLflow server; every
     line printed or logged, every file written (workspace and server store: database and artifacts), every

@@ -165,6 +165,7 @@ def _check_detections(columns: list[str], rows: list[list], width: int, height: 
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_champion_loads_and_predicts_in_a_fresh_process(ws, image, tmp_path):
     path, width, height, b64 = image
     b64_file = tmp_path / "image.b64"
@@ -231,6 +232,7 @@ def _invoke_raw(port: int, payload: dict) -> tuple[int, dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_mlflow_models_serve_answers_invocations(ws, image):
     path, width, height, b64 = image
     port = _free_port()
@@ -276,6 +278,7 @@ def test_mlflow_models_serve_answers_invocations(ws, image):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_predict_cli_with_weights_file_writes_json_and_pictures(ws, image, tmp_path, monkeypatch):
     from pipelines.predict import main
 
@@ -296,6 +299,7 @@ def test_predict_cli_with_weights_file_writes_json_and_pictures(ws, image, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_predict_cli_resolves_a_registry_uri(ws, image, tmp_path):
     # In a subprocess: resolving the URI points mlflow's global tracking URI at the workspace store.
     out_dir = tmp_path / "pred"

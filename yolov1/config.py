@@ -105,7 +105,7 @@ class TrainConfig:
     val_images: int
     loss: LossConfig
     # Added after the first release (defaults only for code that builds a TrainConfig directly).
-    gpus: Union[Literal["auto"], int] = "auto"  # processes (one per GPU) the train stage starts; "auto" = all visible
+    gpus: Literal["auto"] | int = "auto"  # processes (one per GPU) the train stage starts; "auto" = all visible
     grad_accumulation: int = 1  # micro-batches per optimizer step; batch_size stays the global batch per step
     sync_batch_norm: bool = False  # SyncBatchNorm across ranks (only with more than one process)
     checkpoint_every: int = 1  # epochs between resumable checkpoints (last.pt); best.pt follows validation mAP
