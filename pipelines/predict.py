@@ -66,6 +66,13 @@ def resolve_weights(model: str, params_path: Path | None = None) -> Path:
         return path
     uri = _tracking_uri(params_path)
     _require_local_store(model, uri)
+    if uri.startswith(("http://", "https://")):  # MLflow's client retries a dead server for minutes, silently
+        from pipelines.tracking import TrackingUnavailable, check_reachable
+
+        try:
+            check_reachable(uri)
+        except TrackingUnavailable as err:
+            raise PredictError(f"{model}: {err}") from None
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
     from mlflow.exceptions import MlflowException
