@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import platform
-import secrets
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -218,29 +217,12 @@ class MlflowCallbacks:
 
 
 def write_json(path: Path, payload: Any) -> None:
-    """Atomic JSON write: a temp file with a unique name beside `path`, then `os.replace`.
+    """Atomic JSON write through `yolov1.io.atomic_write_bytes`: a uniquely named temp file beside `path`, then
+    `os.replace`, so concurrent writers never share a temp file and a reader sees the old or a new complete file;
+    the file mode follows the umask (mkstemp would force 0600)."""
+    from yolov1.io import atomic_write_bytes
 
-    Unique per call (pid + random token, created with O_EXCL), so concurrent writers of one file never share or
-    delete each other's temp file and a reader sees either the old or a new complete file. Created with mode 0o666,
-    so the process umask applies as to any normal file (mkstemp would force 0600)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode()
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    while True:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-        try:
-            fd = os.open(tmp, flags, 0o666)
-            break
-        except FileExistsError:  # 48 random bits: practically never, but never overwrite another writer's file
-            continue
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
 
 
 def hash_test_split(prepared_dir: Path) -> str:
