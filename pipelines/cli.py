@@ -24,6 +24,7 @@ COMMANDS = {
     "export": ("pipelines.export", "export the trained net to ONNX or TorchScript (dynamic batch)"),
     "flow": ("pipelines.flows", "run the whole chain as a Prefect flow (each task reproduces its DVC stage)"),
     "serve": ("pipelines.serve", "serve the scheduled retraining deployment (cron from params.yaml)"),
+    "serve-model": ("pipelines.serve_model", "serve a logged model over HTTP with a request-body size limit (413)"),
     "demo": ("pipelines.demo", "the whole chain on generated VOC-format data, on a CPU, in a demo/ workspace"),
 }
 
