@@ -17,8 +17,9 @@ with ``INVALID_PARAMETER_VALUE``: MLflow 3.17's scoring server answers it with H
 ``{"error_code", "message"}`` and no ``stack_trace`` (it attaches a full traceback only to exceptions that are
 not MlflowExceptions). Its message is ours, prefixed by MLflow with ``Failed to predict data '<input repr>'``.
 The scoring server reads the whole body before the model sees it (no size limit of its own), so
-``max_request_bytes`` bounds the decoding work, not the body's memory: put a proxy limit in front
-(e.g. nginx ``client_max_body_size``) for that.
+``max_request_bytes`` here bounds the decoding work, not the body's memory. `pipelines.serve_model`
+(``yolov1 serve-model``) serves the same scoring app behind a body-size limit enforced before the body is read
+(HTTP 413); with plain ``mlflow models serve``, put a proxy limit in front (e.g. nginx ``client_max_body_size``).
 
 Weights: the pickled part (python_model.pkl) holds only this class and a few numbers; the weights are the
 ``weights`` artifact, read in `load_context` with ``torch.load(weights_only=True)`` and validated
