@@ -343,25 +343,32 @@ def _race_worker(params: Params, folder: Path, barrier) -> None:
         out_path=folder / "registration.json", scorer=_no_rescoring)
 
 
-def test_racing_registrations_keep_every_version_and_one_rightful_champion(store, tmp_path, repo_params_dict):
-    from mlflow.tracking import MlflowClient
-
-    params = _make_params(repo_params_dict)
-    name = params.register.model_name
+def run_racing_registrations(params, tmp_path, *, join_timeout: float) -> tuple[list[float], list[Path]]:
+    """Log one model per mAP in 0.5/0.6/0.7/0.8 (shuffled, seeded), then register all four at once from spawned
+    processes released by one barrier; asserts every racer exited 0. Returns the mAPs and the racers' folders,
+    in racer order."""
     maps = [0.5, 0.6, 0.7, 0.8]  # 0.1 apart, so the best is champion whatever order the lock serialises them in
     random.Random(0).shuffle(maps)
     folders = [tmp_path / f"racer{i}" for i in range(len(maps))]
     for folder, map_voc07 in zip(folders, maps, strict=True):
         _inputs(folder, _log_model(params, LINEAGE), map_voc07)
-
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(len(maps))
     racers = [ctx.Process(target=_race_worker, args=(params, folder, barrier)) for folder in folders]
     for p in racers:
         p.start()
     for p in racers:
-        p.join(timeout=180)
+        p.join(timeout=join_timeout)
     assert [p.exitcode for p in racers] == [0] * len(racers), "a registration failed (its traceback is above)"
+    return maps, folders
+
+
+def test_racing_registrations_keep_every_version_and_one_rightful_champion(store, tmp_path, repo_params_dict):
+    from mlflow.tracking import MlflowClient
+
+    params = _make_params(repo_params_dict)
+    name = params.register.model_name
+    maps, folders = run_racing_registrations(params, tmp_path, join_timeout=180)
 
     client = MlflowClient(store, registry_uri=store)
     versions = {str(mv.version): float(mv.tags["map_voc07"]) for mv in client.search_model_versions(f"name='{name}'")}

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import multiprocessing
 import os
 import pwd
-import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,16 +25,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.server_process import free_port
+
 pytestmark = pytest.mark.scaleout
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE_S = 240  # server start-up on 2 busy cores (MLflow creates its tables on first start); bounds a hang only
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pg_bindir() -> Path | None:
@@ -97,7 +90,7 @@ def postgres():
             pytest.skip("running as root and no `postgres` user to run initdb as")
         os.chown(base, user.pw_uid, user.pw_gid)
         prefix = ["runuser", "-u", "postgres", "--"]
-    data, port = base / "data", _free_port()
+    data, port = base / "data", free_port()
     try:
         subprocess.run([*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust",
                         "-E", "UTF8", "--no-instructions"], check=True, capture_output=True, timeout=300)
@@ -122,7 +115,7 @@ def postgres():
 def server(postgres, tmp_path_factory):
     """http://127.0.0.1:<port> of `mlflow server` on the PostgreSQL store, artifacts proxied to a temp dir."""
     base = tmp_path_factory.mktemp("mlflow-server")
-    port, log = _free_port(), base / "server.log"
+    port, log = free_port(), base / "server.log"
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", postgres,
            "--artifacts-destination", str(base / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1"]
@@ -202,25 +195,13 @@ def test_racing_registrations_on_the_server(server, tmp_path, monkeypatch, repo_
     from mlflow.tracking import MlflowClient
 
     from pipelines.register import decide
-    from tests.test_register import LINEAGE, _inputs, _log_model, _make_params, _race_worker
+    from tests.test_register import _make_params, run_racing_registrations
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)  # inherited by the spawned racers
     monkeypatch.chdir(tmp_path)
     params = _make_params(repo_params_dict)
     params = dataclasses.replace(params, register=dataclasses.replace(params.register, model_name="race-on-server"))
-    maps = [0.5, 0.6, 0.7, 0.8]
-    random.Random(0).shuffle(maps)
-    folders = [tmp_path / f"racer{i}" for i in range(len(maps))]
-    for folder, map_voc07 in zip(folders, maps, strict=True):
-        _inputs(folder, _log_model(params, LINEAGE), map_voc07)
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(len(maps))
-    racers = [ctx.Process(target=_race_worker, args=(params, folder, barrier)) for folder in folders]
-    for p in racers:
-        p.start()
-    for p in racers:
-        p.join(timeout=300)
-    assert [p.exitcode for p in racers] == [0] * len(racers), "a registration failed (its traceback is above)"
+    maps, folders = run_racing_registrations(params, tmp_path, join_timeout=300)
 
     client = MlflowClient(tracking_uri=server, registry_uri=server)
     name = params.register.model_name

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.pipeline_fixtures import Workspace, shared_workspace, stages_ran
-from tests.test_scaleout_mlflow import DEADLINE_S, _free_port, stop, wait_http
+from tests.server_process import free_port
+from tests.test_scaleout_mlflow import DEADLINE_S, stop, wait_http
 
 pytestmark = [pytest.mark.scaleout, pytest.mark.slow]
 
@@ -54,7 +55,7 @@ def ws(tmp_path_factory) -> Workspace:
 def prefect_env(tmp_path_factory, ws):
     """Env pointing at a fresh `prefect server start` on loopback (stopped after the module)."""
     home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
+    port = free_port()
     env = dict(ws.env, PREFECT_HOME=str(home), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
                PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
                PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db")

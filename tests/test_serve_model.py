@@ -7,19 +7,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import queue
-import signal
 import socket
-import subprocess
 import sys
-import threading
-import time
 
 import pytest
 
 from pipelines.serve_model import BodyLimit, main, stored_limit
 from tests.pipeline_fixtures import Workspace, sample_image, shared_workspace
+from tests.server_process import free_port, running_server
 
 LIMIT = 2500
 CHUNK = 1000
@@ -204,33 +199,6 @@ def ws(tmp_path_factory) -> Workspace:
     return shared_workspace(tmp_path_factory)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pump(stream, lines: queue.Queue) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
-
-
-def _wait_listening(proc: subprocess.Popen, lines: queue.Queue, deadline: float) -> list[str]:
-    seen: list[str] = []
-    while True:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, "server not ready in time:\n" + "\n".join(seen[-30:])
-        try:
-            line = lines.get(timeout=remaining)
-        except queue.Empty:
-            continue
-        assert line is not None, f"server exited ({proc.poll()}) before listening:\n" + "\n".join(seen[-30:])
-        seen.append(line.rstrip())
-        if "Uvicorn running on" in line:
-            return seen
-
-
 def _http(port: int, head: bytes, body: bytes = b"") -> tuple[int, dict]:
     """Send a request (possibly only the start of its body) on a raw socket; read the whole answer."""
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
@@ -258,15 +226,11 @@ def test_serve_model_answers_and_refuses_an_oversized_body_unread(ws):
 
     limit = yaml.safe_load((ws.path / "params.yaml").read_text())["serve"]["max_request_bytes"]
     path, width, height = sample_image(ws)
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "pipelines.serve_model", "--model", f"models:/{ws.model_name}@champion",
            "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=ws.path, env=ws.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)  # a new process group: killed as one below
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
-    try:
-        seen = _wait_listening(proc, lines, time.monotonic() + SERVE_DEADLINE_S)
+    with running_server(cmd, cwd=ws.path, env=ws.env, ready=["Uvicorn running on"],
+                        deadline_s=SERVE_DEADLINE_S) as seen:
         assert any(f"request bodies up to {limit:,} bytes" in line for line in seen), seen  # the model's own limit
         b64 = base64.b64encode(path.read_bytes()).decode("ascii")
         payload = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[b64]]},
@@ -281,13 +245,3 @@ def test_serve_model_answers_and_refuses_an_oversized_body_unread(ws):
         assert body == {"error_code": "REQUEST_TOO_LARGE", "message": f"request body of {limit + 1:,} bytes is over "
                         f"the limit of {limit:,} bytes (serve.max_request_bytes)"}
         assert _http(port, _post_head(port, len(payload)), payload)[0] == 200  # still serving
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)

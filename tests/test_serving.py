@@ -7,13 +7,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-import queue
-import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,6 +17,7 @@ import pytest
 import yaml
 
 from tests.pipeline_fixtures import Workspace, profile_classes, run_cmd, sample_image, shared_workspace
+from tests.server_process import free_port, running_server
 
 COLUMNS = ["image", "label", "score", "xmin", "ymin", "xmax", "ymax"]
 SERVE_DEADLINE_S = 180  # mlflow + torch import and model load on 2 busy cores; only bounds a hung server
@@ -182,37 +178,6 @@ def test_champion_loads_and_predicts_in_a_fresh_process(ws, image, tmp_path):
     assert "server-side paths are not accepted" in result["path"]  # a served model never opens files
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(proc: subprocess.Popen, lines: queue.Queue, port: int, deadline: float) -> list[str]:
-    """Read the server's output until it says it listens, then check /ping; returns the lines read."""
-    seen: list[str] = []
-    while True:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, "server not ready in time:\n" + "\n".join(seen[-30:])
-        try:
-            line = lines.get(timeout=remaining)
-        except queue.Empty:
-            continue
-        assert line is not None, f"server exited ({proc.poll()}) before listening:\n" + "\n".join(seen[-30:])
-        seen.append(line.rstrip())
-        if "Uvicorn running on" in line or "Listening at" in line:
-            break
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=30) as resp:
-        assert resp.status == 200
-    return seen
-
-
-def _pump(stream, lines: queue.Queue) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)  # end of output: the server exited
-
-
 def _invoke(port: int, payload: dict) -> list[dict]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -235,17 +200,15 @@ def _invoke_raw(port: int, payload: dict) -> tuple[int, dict]:
 @pytest.mark.e2e
 def test_mlflow_models_serve_answers_invocations(ws, image):
     path, width, height, b64 = image
-    port = _free_port()
+    port = free_port()
     mlflow_bin = Path(sys.executable).parent / "mlflow"
     cmd = [str(mlflow_bin), "models", "serve", "-m", f"models:/{ws.model_name}@champion", "--env-manager", "local",
            "--host", "127.0.0.1", "-p", str(port), "--workers", "1"]
-    # A new process group: the server's workers die with it.
-    proc = subprocess.Popen(cmd, cwd=ws.path, env=ws.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True).start()
-    try:
-        _wait_ready(proc, lines, port, time.monotonic() + SERVE_DEADLINE_S)
+    # The server prints its address once it listens; /ping must then answer.
+    with running_server(cmd, cwd=ws.path, env=ws.env, ready=["Uvicorn running on", "Listening at"],
+                        deadline_s=SERVE_DEADLINE_S):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=30) as resp:
+            assert resp.status == 200
         split = {"columns": ["image"], "data": [[b64]]}
         detections = _invoke(port, {"dataframe_split": split, "params": {"score_threshold": 0.0}})
         assert detections, "threshold 0 keeps every box that survives NMS: there must be detections"
@@ -265,16 +228,6 @@ def test_mlflow_models_serve_answers_invocations(ws, image):
             status, body = _invoke_raw(port, payload)
             assert status == 400 and words in body["message"], body
             assert "stack_trace" not in body and "Traceback" not in body["message"]
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 import torch
 from ddp_worker import MODEL_CFG, NoisyDataset, TinyNet, train_config
 
+from tests.server_process import free_port
 from yolov1.checkpoint import load_checkpoint
 from yolov1.schedule import lr_at
 from yolov1.train import (
@@ -254,17 +254,11 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(tmp_path, reference):
     _assert_same_weights(final["state_dict"], reference[0])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_ddp_two_ranks_on_cpu_match_one_process(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-           f"--master-port={_free_port()}", str(WORKER), "--out", str(out), "--checkpoint-dir",
+           f"--master-port={free_port()}", str(WORKER), "--out", str(out), "--checkpoint-dir",
            str(tmp_path / "ckpt"), "--noise", "0", "--dropout", "0", "--no-batch-norm"]
     proc = subprocess.run(cmd, env=_worker_env(), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
