@@ -195,3 +195,41 @@ def test_stage_errors_exit_2_with_one_line(tmp_path, monkeypatch, capsys):
     assert "pretrain.image_folder" in err and len(err.strip().splitlines()) == 1
     assert stage.main(["--params", "params.yaml", "--make-crops", "--no-track"]) == 2  # no VOCdevkit extracted
     assert "ImageSets" in capsys.readouterr().err
+
+
+def _hues(images: list[torch.Tensor]) -> torch.Tensor:
+    """Mean hue (fraction of the colour circle) of each (3, H, W) float image."""
+    out = []  # hue angle from the opponent axes (the HSV hexcone's hue, smoothly), averaged over pixels
+    for im in images:
+        r, g, b = im.reshape(3, -1)
+        angle = torch.atan2((3 ** 0.5) * (g - b), 2 * r - g - b).mean()
+        out.append(angle / (2 * torch.pi))
+    return torch.stack(out)
+
+
+def test_colour_augmentation_changes_hue_only_when_asked(tmp_path):
+    """A folder of one pure-red image: without colour keys every training sample keeps its hue; with hue 0.5 the
+    hue spreads over the circle (a classifier can no longer tell classes by colour alone)."""
+    from PIL import Image
+
+    for name in ("red", "other"):
+        (tmp_path / "crops" / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (40, 40), (220, 30, 30)).save(tmp_path / "crops" / name / f"{i}.png")
+    plain = params_from_dict(small_params(tmp_path)).pretrain
+    coloured = params_from_dict(small_params(tmp_path, hue=0.5, saturation=1.5, exposure=1.5)).pretrain
+    torch.manual_seed(0)
+    train_plain, _, _ = image_folder_datasets(plain, seed=0)
+    train_coloured, _, _ = image_folder_datasets(coloured, seed=0)
+    hue_plain = _hues([train_plain[i % len(train_plain)][0] for i in range(24)])
+    hue_coloured = _hues([train_coloured[i % len(train_coloured)][0] for i in range(24)])
+    assert hue_plain.abs().max() < 0.02  # red stays red
+    assert hue_coloured.abs().max() > 0.2 and hue_coloured.std() > 0.1  # shifted far and differently each time
+
+
+def test_colour_keys_are_range_checked(tmp_path):
+    from yolov1.config import ConfigError
+
+    for key, value in (("hue", 0.6), ("saturation", 0.5), ("exposure", 0.9)):
+        with pytest.raises(ConfigError, match=f"pretrain.{key}"):
+            params_from_dict(small_params(tmp_path, **{key: value}))

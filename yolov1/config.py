@@ -168,6 +168,9 @@ class PretrainConfig:
     weight_decay: float
     num_workers: int
     output: str  # backbone checkpoint that model.pretrained takes
+    hue: float  # colour augmentation: hue shifted by up to this fraction of the colour circle (0: off, max 0.5)
+    saturation: float  # saturation scaled by a factor in [1 / s, s] (1: off)
+    exposure: float  # brightness scaled by a factor in [1 / e, e] (1: off)
 
 
 @dataclass(frozen=True)
@@ -310,7 +313,8 @@ _SECTION_RANGES: dict[str, dict[str, _Range]] = {
               "max_request_bytes": _Range(1, 1 << 31)},
     "pretrain": {"val_fraction": _UNIT_HALF_OPEN, "input_size": _Range(32, 4096), "epochs": _COUNT,
                  "batch_size": _COUNT, "lr": _Range(0, 10, lo_open=True), "momentum": _UNIT_HALF_OPEN,
-                 "weight_decay": _Range(0, 1), "num_workers": _WORKERS},
+                 "weight_decay": _Range(0, 1), "num_workers": _WORKERS, "hue": _Range(0, 0.5),
+                 "saturation": _Range(1, 10), "exposure": _Range(1, 10)},
 }
 
 

@@ -130,14 +130,21 @@ def make_crops(devkit_root: str | os.PathLike, image_sets: Sequence[str], classe
 def image_folder_datasets(cfg: PretrainConfig, seed: int) -> tuple[Dataset, Dataset, list[str]]:
     """(train, val, class names) from ``cfg.image_folder`` (and ``cfg.val_folder``, or a seeded
     ``cfg.val_fraction`` split of the image folder). Samples: (image (3, s, s) float in [0, 1], class index),
-    s = ``cfg.input_size``; training images get a random resized crop (scale 0.35-1) and a horizontal flip."""
+    s = ``cfg.input_size``; training images get a random resized crop (scale 0.35-1), a horizontal flip and, when
+    ``cfg.hue`` / ``cfg.saturation`` / ``cfg.exposure`` ask for it, a random colour change (hue shift in
+    [-hue, hue] of the colour circle, saturation and brightness factors in [1/s, s] and [1/e, e]). Colour
+    augmentation makes a classifier learn shape where colour alone would tell the classes apart."""
     from torchvision import datasets
     from torchvision.transforms import v2
 
     size = cfg.input_size
     to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    colour = []
+    if cfg.hue > 0 or cfg.saturation > 1 or cfg.exposure > 1:
+        colour = [v2.ColorJitter(brightness=(1 / cfg.exposure, cfg.exposure),
+                                 saturation=(1 / cfg.saturation, cfg.saturation), hue=cfg.hue)]
     train_tf = v2.Compose([v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True), v2.RandomHorizontalFlip(),
-                           *to_tensor])
+                           *colour, *to_tensor])
     val_tf = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), *to_tensor])
 
     def folder(key: str, path: str, transform) -> datasets.ImageFolder:
