@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import colorsys
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -335,3 +336,69 @@ def test_images_to_float():
     assert images_to_float(channels_last).is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(TypeError, match="uint8 or a float"):
         images_to_float(torch.zeros(1, 3, 2, 2, dtype=torch.int64))
+
+
+TWO_IMAGES = [{"id": "000001", "rects": [((40, 30, 100, 90), RED, 0, False)]},
+              {"id": "000002", "rects": [((10, 10, 60, 50), GREEN, 1, False), ((90, 40, 150, 110), RED, 0, True)]}]
+
+
+def _cached(dataset: VOCDetection) -> VOCDetection:
+    """The same dataset with data.cache: ram (built from the same tables and files)."""
+    cfg = dataclasses.replace(dataset.augment_cfg)
+    data_cfg = dataclasses.replace(_data_cfg(dataset.use_difficult), augment=cfg, cache="ram")
+    images = pd.DataFrame({"image_id": dataset._image_ids, "path": dataset._paths, "width": dataset._sizes[:, 0],
+                           "height": dataset._sizes[:, 1]})
+    objects = pd.DataFrame({"image_id": np.repeat(dataset._image_ids, np.diff(dataset._offsets)),
+                            "class_index": dataset._labels, "xmin": dataset._boxes[:, 0], "ymin": dataset._boxes[:, 1],
+                            "xmax": dataset._boxes[:, 2], "ymax": dataset._boxes[:, 3],
+                            "difficult": dataset._difficult})
+    return VOCDetection(images, objects, root=dataset.root, data_cfg=data_cfg, input_size=dataset.input_size,
+                        grid_size=dataset.grid_size, train=dataset.train)
+
+
+def test_ram_cache_gives_the_same_evaluation_samples(tmp_path):
+    plain = _dataset(tmp_path, TWO_IMAGES, train=False)
+    cached = _cached(plain)
+    assert cached._cache.shape == (2, 3, SIZE, SIZE) and cached._cache.dtype == torch.uint8
+    for i in range(len(plain)):
+        (a, ta, ia), (b, tb, ib) = plain[i], cached[i]
+        assert torch.equal(a, b) and torch.equal(ta, tb)
+        assert ia.keys() == ib.keys() and all(torch.equal(torch.as_tensor(ia[k]), torch.as_tensor(ib[k]))
+                                              for k in ("boxes", "labels", "difficult"))
+
+
+def test_ram_cache_gives_the_same_flip_only_training_samples_and_stays_untouched(tmp_path):
+    """Flip + colour augmentation (no scale/shift): the cached square gives the very samples the files give, draw
+    for draw; reading never writes into the cache."""
+    plain = _dataset(tmp_path, TWO_IMAGES, train=True, scale=0.0, translate=0.0)
+    cached = _cached(plain)
+    before = cached._cache.clone()
+    for seed in range(6):
+        torch.manual_seed(seed)
+        a = [plain[i] for i in range(len(plain))]
+        torch.manual_seed(seed)
+        b = [cached[i] for i in range(len(cached))]
+        for (ia, ta), (ib, tb) in zip(a, b, strict=True):
+            assert torch.equal(ia, ib)
+            assert torch.allclose(ta, tb, atol=1e-5)  # boxes scaled in another order: float rounding only
+    assert torch.equal(cached._cache, before)
+
+
+def test_ram_cache_with_scale_and_shift_keeps_boxes_on_the_object(tmp_path):
+    """With scale/translate the crop comes from the cached square: the box still covers the red rectangle."""
+    cached = _cached(_dataset(tmp_path, ONE_RED, train=True, exposure=1.0, saturation=1.0))
+    for seed in range(5):
+        torch.manual_seed(seed)
+        sample = cached._load_augmented(0)
+        if len(sample.boxes_xyxy) == 0:
+            continue
+        x1, y1, x2, y2 = (sample.boxes_xyxy[0] * SIZE).round().long().tolist()
+        inside = sample.image[:, y1 + 2:y2 - 2, x1 + 2:x2 - 2]
+        assert inside.numel() > 0 and (inside[0] > inside[1] + 0.3).float().mean() > 0.9  # red inside the box
+
+
+def test_ram_cache_names_an_undecodable_file(tmp_path):
+    plain = _dataset(tmp_path, TWO_IMAGES, train=False)
+    (tmp_path / "JPEGImages" / "000002.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(ValueError, match="000002.jpg"):
+        _cached(plain)

@@ -50,6 +50,7 @@ class DataConfig:
     use_difficult: bool
     on_bad_object: Literal["error", "skip"]
     augment: AugmentConfig
+    cache: Literal["none", "ram"] = "none"  # "ram": decode every image once, resized to the input size, kept in memory
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import ctypes
 import io
 import logging
+import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -78,6 +80,12 @@ class VOCDetection(torch.utils.data.Dataset):
     (G, 4) pixel xyxy as in the table, "labels": int64 (G,), "difficult": bool (G,)}``. Images are uint8
     (3, input_size, input_size) in [0, 255], resized to a square ignoring the aspect ratio, as in the paper;
     `images_to_float` turns a batch of them into the network's float [0, 1] input (on the device).
+
+    ``data_cfg.cache == "ram"``: every image is decoded once, here, resized to the input square, and kept in one
+    uint8 tensor (N, 3, input_size, input_size) that forked loader workers share (its size is logged; 2,000
+    images at 112 px take 75 MB, VOC's 16,551 at 448 px 10 GB). Evaluation samples are then identical to
+    uncached ones; training samples are too while ``augment.scale`` and ``augment.translate`` are 0, otherwise
+    the scale/shift crops from the cached square instead of the full image (as Ultralytics' ``cache=ram`` does).
     """
 
     def __init__(
@@ -110,6 +118,7 @@ class VOCDetection(torch.utils.data.Dataset):
         self._paths = images["path"].astype(str).to_numpy().astype(str)
         self._sizes = images[["width", "height"]].to_numpy(np.int64)  # (n, 2) W, H
         self._group_objects(objects)
+        self._cache = self._build_cache() if data_cfg.cache == "ram" else None  # (n, 3, s, s) uint8 or None
 
     def _group_objects(self, objects: pd.DataFrame) -> None:
         """Sort objects by image row once, so a sample's objects are the slice offsets[i]:offsets[i + 1]."""
@@ -140,13 +149,33 @@ class VOCDetection(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self._image_ids)
 
+    def _build_cache(self) -> Tensor:
+        """Decode and resize every image to (3, input_size, input_size) uint8, in threads (decoding and resizing
+        release the GIL); returns them stacked (N, 3, s, s)."""
+        n, size = len(self._image_ids), self.input_size
+        cache = torch.empty(n, 3, size, size, dtype=torch.uint8)
+        logger.info("data.cache ram: decoding %d images into %.1f MB of memory", n, cache.nbytes / 1e6)
+
+        def fill(i: int) -> None:
+            cache[i] = F.resize(self._read_image(i), [size, size], antialias=True)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+            for _ in pool.map(fill, range(n)):  # iterating re-raises the first error, naming the file
+                pass
+        return cache
+
+    def _resized(self, i: int) -> Tensor:
+        """Image i resized to (3, input_size, input_size) uint8: from the cache, or decoded now."""
+        if self._cache is not None:
+            return self._cache[i].clone()
+        return F.resize(self._read_image(i), [self.input_size] * 2, antialias=True)
+
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, dict[str, Any]]:
         if self.train:
             sample = self._load_augmented(i)
             image = sample.image.mul_(255.0).round_().to(torch.uint8)  # (3, S_in, S_in); float work stays here
             return image, self._encode(sample.boxes_xyxy, sample.labels)
-        image = self._read_image(i)
-        resized = F.resize(image, [self.input_size] * 2, antialias=True)  # (3, S_in, S_in) uint8
+        resized = self._resized(i)  # (3, S_in, S_in) uint8
         boxes, labels, difficult = self._objects(i)
         width, height = (int(v) for v in self._sizes[i])
         used = difficult.logical_not() | self.use_difficult
@@ -159,7 +188,13 @@ class VOCDetection(torch.utils.data.Dataset):
         """The augmented image and its kept boxes (image-normalised xyxy), before encoding; draws from torch's RNG."""
         boxes, labels, difficult = self._objects(i)
         used = difficult.logical_not() | self.use_difficult
-        image, boxes_out, keep = augment(self._read_image(i), boxes[used], self.augment_cfg, self.input_size)
+        if self._cache is None:
+            image, boxes_in = self._read_image(i), boxes[used]
+        else:  # the cached square: boxes scaled from the image's W x H to it
+            width, height = (float(v) for v in self._sizes[i])
+            image = self._cache[i].clone()  # augment must never write into the shared cache
+            boxes_in = boxes[used] * boxes.new_tensor([self.input_size / width, self.input_size / height] * 2)
+        image, boxes_out, keep = augment(image, boxes_in, self.augment_cfg, self.input_size)
         boxes_n = (boxes_out / self.input_size).clamp_(0.0, 1.0)  # (K', 4)
         return AugmentedSample(image, boxes_n, labels[used][keep], difficult[used][keep])
 
