@@ -13,6 +13,7 @@ uint8 batches through shared memory, prefetch) with each batch copied to `--devi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import statistics
@@ -129,6 +130,11 @@ def main() -> None:
         kwargs = dict(root=Path(tmp), data_cfg=data_cfg, input_size=size, grid_size=7)
         train = VOCDetection(images, objects, train=True, **kwargs)
         evaluation = VOCDetection(images, objects, train=False, **kwargs)
+        cached_kwargs = {**kwargs, "data_cfg": dataclasses.replace(data_cfg, cache="ram")}
+        t0 = time.perf_counter()
+        train_cached = VOCDetection(images, objects, train=True, **cached_kwargs)
+        cache_s = time.perf_counter() - t0  # one pass of decode + resize into memory (threads)
+        eval_cached = VOCDetection(images, objects, train=False, **cached_kwargs)
         paths = [Path(tmp) / p for p in images["path"]]
         naive = v2.Compose([v2.RandomAffine(degrees=0, translate=(0.2, 0.2), scale=(0.8, 1.2)),
                             v2.RandomHorizontalFlip(0.5), v2.Resize((size, size)),
@@ -148,6 +154,9 @@ def main() -> None:
         pipelines = [("decode + resize only (baseline)", baseline),
                      ("dataset, eval mode (+ encode, ground truth)", evaluation.__getitem__),
                      ("dataset, train mode (augmentation + encode)", train.__getitem__),
+                     ("dataset, eval mode, data.cache ram", eval_cached.__getitem__),
+                     ("dataset, train mode, data.cache ram (augmentation from the cached square)",
+                      train_cached.__getitem__),
                      ("naive v2: RandomAffine, flip, Resize + HSV", naive_v2)]
         # glibc's default first: tune_malloc cannot be undone within the process.
         rows = {"default": [images_per_s(fn, num_images, repeats) for _, fn in pipelines]}
@@ -171,6 +180,8 @@ def main() -> None:
           f"passes. Per CPU second: this process's CPU time (the per-core rate, robust to other load). malloc: "
           f"glibc defaults, then after yolov1.data.tune_malloc() ({'applied' if tuned else 'not glibc: no-op'}; "
           f"DataLoader workers apply it in worker_init_fn).\n")
+    print(f"data.cache ram: filling the cache of {num_images} images took {cache_s:.2f} s wall "
+          f"({num_images * 3 * size * size / 1e6:.1f} MB).\n")
     print("| pipeline | malloc | images/s (wall) | images per CPU second | ratio to baseline (CPU) |")
     print("|---|---|---:|---:|---:|")
     for malloc, measured in rows.items():
