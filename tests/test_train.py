@@ -416,3 +416,29 @@ def test_sync_batch_norm_only_on_cuda_with_several_ranks(caplog):
     assert "SyncBatchNorm needs CUDA" in caplog.text
     converted = maybe_sync_batch_norm(TinyNet(MODEL_CFG), True, two, torch.device("cuda"))  # conversion only
     assert isinstance(converted.norm, torch.nn.SyncBatchNorm)
+
+
+def test_ema_weights_are_validated_saved_and_returned_and_resume_exactly(tmp_path):
+    """train.ema_decay > 0: validation sees the average, best.pt and the result hold it, the live weights
+    differ; a run stopped by SIGTERM resumes to the same average bit for bit (it is in last.pt)."""
+    cfg = train_config(ema_decay=0.9, val_every=1)
+    seen = []
+
+    def val_fn(model, epoch):
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"map_voc07": float(epoch)}
+
+    full = _run(tmp_path / "full", cfg, val_fn=val_fn)
+    _assert_same_weights(seen[-1], full.model.state_dict())  # validated = returned = the average
+    best = load_checkpoint(tmp_path / "full" / "best.pt")
+    _assert_same_weights(best["state_dict"], full.model.state_dict())
+    plain = _run(tmp_path / "plain")  # same seed, no EMA: the live weights the average was taken of
+    assert any(not torch.equal(a, b) for a, b in zip(full.model.state_dict().values(),
+                                                    plain.model.state_dict().values(), strict=True))
+
+    rec = Recorder(on_step=lambda step: step == 5 and os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(TrainingInterrupted):
+        _run(tmp_path / "resumed", cfg, callbacks=rec, val_fn=val_fn)
+    resumed = _run(tmp_path / "resumed", cfg, val_fn=val_fn)
+    assert resumed.resumed_from_step == 6
+    _assert_same_weights(resumed.model.state_dict(), full.model.state_dict())

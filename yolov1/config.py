@@ -112,6 +112,7 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between resumable checkpoints (last.pt); best.pt follows validation mAP
     freeze_backbone_epochs: int = 0  # backbone frozen (BatchNorm in eval mode) for the first N epochs
     backbone_lr_multiplier: float = 1.0  # backbone learning rate = lr x this
+    ema_decay: float = 0.0  # EMA of the weights for validation and the saved model (yolov1.ema); 0: off
 
 
 @dataclass(frozen=True)
@@ -304,7 +305,7 @@ _SECTION_RANGES: dict[str, dict[str, _Range]] = {
               "grad_clip_norm": _NON_NEGATIVE, "num_workers": _WORKERS, "log_every": _COUNT,
               "val_every": _Range(0, 1_000_000), "val_images": _Range(0, 10_000_000), "grad_accumulation": _Range(1, 1024),
               "checkpoint_every": _COUNT, "freeze_backbone_epochs": _Range(0, 1_000_000),
-              "backbone_lr_multiplier": _Range(0, 100)},
+              "backbone_lr_multiplier": _Range(0, 100), "ema_decay": _Range(0, 1, hi_open=True)},
     "train.loss": {"lambda_coord": _Range(0, 1000), "lambda_noobj": _Range(0, 1000)},
     "eval": {"batch_size": _COUNT, "score_threshold": _UNIT, "nms_iou_threshold": _UNIT,
              "max_detections": _Range(1, 100_000), "match_iou_threshold": _UNIT, "draw_score_threshold": _UNIT,

@@ -1,10 +1,11 @@
 """The training loop: SGD (or AdamW) on the YOLOv1 loss with the paper's per-step LR schedule, gradient
-accumulation, backbone freezing and LR multiplier, background checkpoints (last and best), exact resume, SIGTERM
-handling, a non-finite-loss guard and DistributedDataParallel (see `yolov1.distributed` for the launch).
+accumulation, backbone freezing and LR multiplier, an optional weight EMA, background checkpoints (last and
+best), exact resume, SIGTERM handling, a non-finite-loss guard and DistributedDataParallel (see
+`yolov1.distributed` for the launch).
 
 The parts live in their own modules: `yolov1.step` (one optimizer step), `yolov1.run_checkpoints` (last.pt /
-best.pt), `yolov1.sampler` (the loader), `yolov1.freeze`, `yolov1.loss_window` (the non-finite guard),
-`yolov1.runtime` (SIGTERM, determinism) and `yolov1.distributed`; this module runs the loop over them.
+best.pt), `yolov1.sampler` (the loader), `yolov1.freeze`, `yolov1.ema`, `yolov1.loss_window` (the non-finite
+guard), `yolov1.runtime` (SIGTERM, determinism) and `yolov1.distributed`; this module runs the loop over them.
 
 Progress goes to a `TrainCallbacks` object the caller supplies (rank 0 only); the library holds no tracking
 client and only logs. Steps and epochs are counted 1-based in callbacks, messages and checkpoints ("step 3" is
@@ -47,6 +48,7 @@ from yolov1.distributed import (
     resolve_device,
     wrap_ddp,
 )
+from yolov1.ema import ModelEMA
 from yolov1.freeze import set_backbone_frozen, train_mode
 from yolov1.loss import YoloLoss
 from yolov1.loss_window import LossWindow, NonFiniteLossError, loss_metrics
@@ -86,7 +88,8 @@ class TrainingInterrupted(RuntimeError):
 
 @dataclass
 class TrainResult:
-    """The trained model (unwrapped: no DDP / compile wrapper, on the training device) and a summary."""
+    """The trained model (unwrapped: no DDP / compile wrapper, on the training device; the EMA weights when
+    ``train.ema_decay`` > 0) and a summary."""
 
     model: nn.Module
     steps: int  # optimizer steps done in total (including those before a resume)
@@ -134,6 +137,9 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, dataset: Dataset, *,
 
     Backbone options (models with a ``.backbone`` submodule): frozen for the first ``freeze_backbone_epochs``
     epochs (`yolov1.freeze`); its param groups run at ``lr x backbone_lr_multiplier`` (`build_optimizer`).
+
+    ``ema_decay`` > 0: an exponential moving average of the weights (`yolov1.ema.ModelEMA`) follows every
+    optimizer step; validation, best.pt and the returned model use it, last.pt carries it for exact resume.
 
     `collate_fn` / `worker_init_fn` go to the DataLoader (`yolov1.data.collate_train` / `worker_init_fn`).
     `val_fn(model, epoch)` runs on rank 0 every ``val_every`` epochs and after the last one (model in eval
@@ -193,6 +199,7 @@ class _Run:
         model = maybe_sync_batch_norm(build_fn(model_cfg), cfg.sync_batch_norm, self.dist, self.device)
         self.model = model.to(self.device, memory_format=self.memory_format).train()
         self.optimizer = build_optimizer(self.model, cfg)  # checks the backbone options against the model
+        self.ema = ModelEMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.frozen: bool | None = None
         self.ddp = None
         self.forward: nn.Module = self.model
@@ -230,7 +237,7 @@ class _Run:
         self.checkpoints.wait()
         wall = time.perf_counter() - t0
         done_images = self.global_step * self.cfg.batch_size - images0
-        return TrainResult(model=self.model, steps=self.global_step, epochs=self.epoch,
+        return TrainResult(model=self._kept(), steps=self.global_step, epochs=self.epoch,
                            final_metrics=dict(self.last_metrics), wall_time_s=wall,
                            images_per_second=done_images / wall if wall > 0 else 0.0,
                            resumed_from_step=self.start_step, params_hash=self.hash,
@@ -262,6 +269,8 @@ class _Run:
             self.lr = self.optimizer.param_groups[0]["lr"]  # the rate this step runs with (the head's)
             grad_norm = optimizer_step(self.model, self.optimizer, self.cfg.grad_clip_norm)
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
             self.global_step += 1
             self.step_in_epoch += 1
             window.add(torch.cat([parts / self.accumulation, grad_norm.reshape(1)]), self.global_step,
@@ -310,7 +319,7 @@ class _Run:
         if self.epoch % self.cfg.checkpoint_every == 0 or self.epoch == self.cfg.epochs or stop:
             self._save()  # last.pt records the best so far, so a resumed run keeps comparing against it
         if improved:
-            self.checkpoints.save_best(self.model, epoch=self.epoch, steps=self.global_step)
+            self.checkpoints.save_best(self._kept(), epoch=self.epoch, steps=self.global_step)
         logger.info("epoch %d/%d (step %d): loss %.4f, lr %.3g, %.1f images/s", self.epoch, self.cfg.epochs,
                     self.global_step, metrics["loss"], metrics["lr"], metrics["images_per_s"])
         if self.callbacks is not None and self.dist.rank == 0:
@@ -326,6 +335,10 @@ class _Run:
             out["lr_backbone"] = self.lr * self.cfg.backbone_lr_multiplier
         return out
 
+    def _kept(self) -> nn.Module:
+        """The weights that are validated, saved as best.pt and returned: the EMA copy when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
     def _images(self, images: Tensor) -> Tensor:
         """Loader images (N, 3, H, W), uint8 or float, -> float32 [0, 1] on the device (uint8 crosses the bus)."""
         images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
@@ -336,7 +349,7 @@ class _Run:
         with torch.random.fork_rng(devices=devices):  # validation must not shift the training RNG stream
             self.model.eval()
             try:
-                return dict(self.val_fn(self.model, self.epoch))
+                return dict(self.val_fn(self._kept(), self.epoch))
             finally:
                 self._train_mode()
 
@@ -386,7 +399,7 @@ class _Run:
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "global_step": self.global_step, "epoch": self.epoch,
                 "step_in_epoch": self.step_in_epoch, "rng": rng, "metrics": dict(self.last_metrics),
-                "epoch_sums": self.epoch_sums})
+                "epoch_sums": self.epoch_sums, **({"ema": self.ema.state_dict()} if self.ema is not None else {})})
 
     def _restore(self) -> None:
         state = self.checkpoints.load_last(self.cfg.resume)
@@ -396,6 +409,8 @@ class _Run:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:  # train.ema_decay is in the params hash: a resumed run with EMA saved it
+            self.ema.load_state_dict(state["ema"])
         self.global_step = self.start_step = int(state["global_step"])
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
         self.last_metrics = dict(state["metrics"])
