@@ -657,7 +657,12 @@ def test_ctrl_c_during_download_says_what_was_kept_and_exits_130(tmp_path, serve
         signal.raise_signal(signal.SIGINT)
 
     monkeypatch.setattr(stage.fetch_archive_result.__globals__["_Part"], "append", append_then_interrupt)
-    assert stage.main(["--params", str(params_file)]) == 130
+    # Python's own Ctrl-C handler, whatever this process inherited (a shell's background job ignores SIGINT).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert stage.main(["--params", str(params_file)]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     err = capsys.readouterr().err
     part = tmp_path / "data" / "raw" / f"{FILENAME}.part"
     assert part.read_bytes() == voc_tar[:4000]

@@ -178,8 +178,11 @@ def test_sigint_in_a_real_command_prints_no_traceback(tmp_path, command):
     command has opened it, so SIGINT arrives while it is waiting (no sleeps, no races)."""
     fifo = tmp_path / "params.yaml"
     os.mkfifo(fifo)
+    # SIG_DFL before exec, so Python installs its Ctrl-C handler even when this test runs in a background job
+    # (whose shell made SIGINT ignored, a disposition exec would otherwise pass on).
     proc = subprocess.Popen([sys.executable, *command, "--params", str(fifo)], cwd=tmp_path, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         fd = os.open(fifo, os.O_WRONLY)  # blocks until the command opened the FIFO for reading
         proc.send_signal(signal.SIGINT)
