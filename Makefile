@@ -1,4 +1,4 @@
-# Two commands for a newcomer: `make demo` (the whole pipeline on generated VOC-format data, CPU, ~10 min)
+# Two commands for a newcomer: `make demo` (the whole pipeline on generated VOC-format data, CPU, ~3 min)
 # and `make test`. Everything installs into .venv from pyproject.toml, pinned by constraints.txt.
 SHELL := /bin/bash
 PYTHON ?= python3.11
