@@ -2,9 +2,12 @@
 
 For every archive in ``data.archives`` it is enough that one of these holds: ``local`` points at a file of the
 declared size, the tarball is already in ``<data.root>/raw``, or a mirror answers (an http(s) HEAD request, or
-the file of a file:// / plain-path mirror exists). Without a CUDA GPU the paper profile would take weeks: that is
-an error too, unless ``--allow-cpu`` is given (``make run ALLOW_CPU=1``), e.g. for a smoke run with small params.
-Mirror URLs are shown with their credentials masked. Exit status: 0 ready, 2 not ready (each reason listed).
+the file of a file:// / plain-path mirror exists). ``model.pretrained`` is checked too, so a missing or mismatched
+weights file fails now and not after the download: a file is read and matched tensor by tensor against the
+backbone (built on the meta device, no memory), ``imagenet`` needs torchvision's file in ``$TORCH_HOME`` or its
+URL answering. Without a CUDA GPU the paper profile would take weeks: that is an error too, unless
+``--allow-cpu`` is given (``make run ALLOW_CPU=1``), e.g. for a smoke run with small params. Mirror URLs are shown
+with their credentials masked. Exit status: 0 ready, 2 not ready (each reason listed).
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             problems.append(f"{archive.filename} cannot be had:\n    " + "\n    ".join(tried) +
                             f"\n  -> put the tarball at {raw_dir / archive.filename} or set "
                             f"data.archives[{i}].local: /path/to/{archive.filename} in {args.params}")
+    pretrained = _check_pretrained(params, args.timeout, problems)
     import torch
 
     cuda = torch.cuda.is_available()
@@ -75,8 +79,20 @@ def main(argv: list[str] | None = None) -> int:
         print("make run cannot start:\n- " + "\n- ".join(problems), file=sys.stderr)
         print("\nTo see the whole pipeline work without VOC or a GPU, run `make demo`.", file=sys.stderr)
         return 2
-    print("preflight: every archive is available" + ("" if cuda else " (CPU only: --allow-cpu)"))
+    print("preflight: every archive is available" + ("" if cuda else " (CPU only: --allow-cpu)") + f"; {pretrained}")
     return 0
+
+
+def _check_pretrained(params, timeout: float, problems: list[str]) -> str:
+    """What `yolov1.model.check_pretrained` found (appended to `problems` when it cannot be had or does not fit)."""
+    from yolov1.backbones import PretrainedWeightsError
+    from yolov1.model import check_pretrained
+
+    try:
+        return check_pretrained(params.model, probe=lambda url: probe_source(url, timeout=timeout))
+    except PretrainedWeightsError as err:
+        problems.append(redact(str(err)))
+        return "model.pretrained: not usable"
 
 
 if __name__ == "__main__":

@@ -153,3 +153,65 @@ def test_make_run_passes_allow_cpu_only_when_asked():
     assert preflight_line().split()[-1] == "pipelines.preflight"
     assert preflight_line("ALLOW_CPU=1").endswith("pipelines.preflight --allow-cpu")
     assert "--allow-cpu" not in preflight_line("ALLOW_CPU=0")
+
+
+def _pretrained_params(tmp_path: Path, repo_params_dict: dict, **model) -> Path:
+    """The repo's params with one local archive that is there, a small Darknet (width 0.125) and `model` changes."""
+    (tmp_path / "a.tar").write_bytes(b"x")
+    path = _write_params(tmp_path, repo_params_dict, [_entry("a", [], local=str(tmp_path / "a.tar"), size=1)])
+    raw = yaml.safe_load(path.read_text())
+    raw["model"].update(width_multiplier=0.125, **model)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_pretrained_weights_are_checked_before_anything_is_downloaded(tmp_path, repo_params_dict, monkeypatch, capsys):
+    """A fitting backbone file passes; a missing one and one of another width fail with the key and the file; the
+    check builds the backbone on the meta device, so the paper-sized net costs no memory."""
+    from yolov1.config import model_config_from_dict
+    from yolov1.model import build_backbone
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    small = model_config_from_dict({**repo_params_dict["model"], "width_multiplier": 0.125})
+    fits, other = tmp_path / "fits.pt", tmp_path / "other.pt"
+    torch.save(build_backbone(small)[0].state_dict(), fits)
+    wider = model_config_from_dict({**repo_params_dict["model"], "width_multiplier": 0.25})
+    torch.save(build_backbone(wider)[0].state_dict(), other)
+
+    ok = _pretrained_params(tmp_path, repo_params_dict, pretrained=str(fits))
+    assert preflight.main(["--params", str(ok), "--allow-cpu"]) == 0
+    n = len(torch.load(fits, weights_only=True))  # 20 convs x (weight + BatchNorm's five) = 120
+    assert f"model.pretrained: {fits}: {n} backbone tensors fit" in capsys.readouterr().out
+
+    for source, words in [(tmp_path / "nowhere.pt", "no such file"), (other, "with another shape")]:
+        bad = _pretrained_params(tmp_path, repo_params_dict, pretrained=str(source))
+        assert preflight.main(["--params", str(bad), "--allow-cpu"]) == 2
+        err = capsys.readouterr().err
+        assert f"model.pretrained: {source}" in err and words in err and "Traceback" not in err
+
+
+def test_imagenet_weights_need_the_file_or_a_reachable_url(tmp_path, repo_params_dict, monkeypatch, capsys):
+    """No network in tests: the probe is replaced. Offline with an empty TORCH_HOME names the folder to fill;
+    a reachable URL passes (training downloads it); a file already in TORCH_HOME is read and matched."""
+    import torchvision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    params = _pretrained_params(tmp_path, repo_params_dict, backbone="resnet18", pretrained="imagenet", head="conv")
+    monkeypatch.setattr(preflight, "probe_source", lambda url, timeout: f"{url}: offline (test)")
+    assert preflight.main(["--params", str(params), "--allow-cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "model.pretrained: imagenet" in err and str(tmp_path / "torch" / "hub" / "checkpoints") in err
+
+    monkeypatch.setattr(preflight, "probe_source", lambda url, timeout: None)
+    assert preflight.main(["--params", str(params), "--allow-cpu"]) == 0
+    assert "answers (training downloads it to" in capsys.readouterr().out
+
+    from yolov1.backbones import imagenet_file
+
+    path = imagenet_file("resnet18")[1]
+    path.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), path)  # random weights with the official layout
+    monkeypatch.setattr(preflight, "probe_source", lambda url, timeout: pytest.fail("the file is there: no probe"))
+    assert preflight.main(["--params", str(params), "--allow-cpu"]) == 0
+    assert f"model.pretrained: imagenet ({path}): " in capsys.readouterr().out

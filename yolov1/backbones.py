@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from yolov1.redact import redact
 
 __all__ = [
     "BACKBONE_CHECKPOINT_KIND", "IMAGENET_WEIGHTS", "LoadReport", "PretrainedWeightsError", "ResNetFeatures",
-    "backbone_arch", "imagenet_file", "load_pretrained", "load_backbone_state", "resnet_features",
+    "backbone_arch", "check_pretrained_source", "imagenet_file", "load_pretrained", "load_backbone_state",
+    "resnet_features",
 ]
 
 logger = logging.getLogger(__name__)
@@ -150,10 +152,48 @@ def load_backbone_state(backbone: nn.Module, state_dict: dict[str, Tensor], *, s
     ``classifier.`` are left out and reported; every other key must be one of the backbone's with the same
     shape, and every backbone key must be present, else `PretrainedWeightsError` lists the differences.
     """
+    given, ignored = _fitting(backbone.state_dict(), state_dict, source=source, name=type(backbone).__name__)
+    backbone.load_state_dict(given, strict=True)
+    return LoadReport(source=source, loaded=tuple(given), ignored=ignored)
+
+
+def check_pretrained_source(cfg: ModelConfig, wanted: dict[str, Tensor], *,
+                            probe: Callable[[str], str | None] | None = None) -> str:
+    """Check, without loading anything into a model, that ``cfg.pretrained`` can be had and fits a backbone whose
+    state dict (only the shapes matter: meta tensors do) is `wanted`; returns what was checked, in words.
+
+    A file is read (weights_only) and matched tensor by tensor. ``imagenet``: torchvision's file in
+    ``$TORCH_HOME/hub/checkpoints`` is read and matched; when it is not there, ``probe(url)`` (None: reachable,
+    else the reason) decides whether training could download it. Raises `PretrainedWeightsError` as
+    `load_pretrained` would, naming the file and what to do.
+    """
+    source = cfg.pretrained
+    if source == "none":
+        return "model.pretrained: none"
+    if source == "imagenet":
+        url, path = imagenet_file(cfg.backbone)
+        if not path.is_file():
+            why = "no way to check the network was given" if probe is None else probe(url)
+            if why is not None:
+                raise PretrainedWeightsError(
+                    f"model.pretrained: imagenet: {path} not found and {url} cannot be fetched ({redact(why)}). "
+                    f"On a machine with internet, download that URL and copy the file to {path} (the folder is "
+                    f"$TORCH_HOME/hub/checkpoints; TORCH_HOME is {os.environ.get('TORCH_HOME', 'unset')})")
+            return f"model.pretrained: imagenet: {url} answers (training downloads it to {path})"
+        state, shown = _read(path, "model.pretrained: imagenet"), f"imagenet ({path})"
+    else:
+        state, shown = _file_state_dict(Path(source), cfg), source
+    given, _ = _fitting(wanted, state, source=shown, name=f"{cfg.backbone} backbone")
+    return f"model.pretrained: {shown}: {len(given)} backbone tensors fit"
+
+
+def _fitting(wanted: dict[str, Tensor], state_dict: dict[str, Tensor], *, source: str,
+             name: str) -> tuple[dict[str, Tensor], tuple[str, ...]]:
+    """(the tensors of `state_dict` that fill `wanted`, the head keys left out); raises `PretrainedWeightsError`
+    listing missing, unexpected and reshaped tensors. `wanted` may be meta tensors: only shapes are compared."""
     if any(k.startswith("backbone.") for k in state_dict):
         state_dict = {k.removeprefix("backbone."): v for k, v in state_dict.items()}
     ignored = tuple(sorted(k for k in state_dict if k.startswith(_HEAD_PREFIXES)))
-    wanted = backbone.state_dict()
     given = {k: v for k, v in state_dict.items() if not k.startswith(_HEAD_PREFIXES)}
     missing = [k for k in wanted if k not in given]
     unexpected = [k for k in given if k not in wanted]
@@ -164,10 +204,9 @@ def load_backbone_state(backbone: nn.Module, state_dict: dict[str, Tensor], *, s
                  f"{len(unexpected)} tensors the backbone does not have (e.g. {unexpected[:3]})" if unexpected else "",
                  f"{len(shapes)} with another shape (e.g. {shapes[:2]})" if shapes else ""]
         raise PretrainedWeightsError(
-            f"model.pretrained: {source} does not fit this {type(backbone).__name__} backbone (weights of another "
-            f"architecture?): {'; '.join(p for p in parts if p)}")
-    backbone.load_state_dict(given, strict=True)
-    return LoadReport(source=source, loaded=tuple(wanted), ignored=ignored)
+            f"model.pretrained: {source} does not fit this {name} (weights of another architecture?): "
+            f"{'; '.join(p for p in parts if p)}")
+    return {k: given[k] for k in wanted}, ignored
 
 
 def _imagenet_state_dict(arch: str) -> dict[str, Tensor]:

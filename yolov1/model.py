@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
+import torch
 from torch import Tensor, nn
 
-from yolov1.backbones import load_pretrained, resnet_features
+from yolov1.backbones import check_pretrained_source, load_pretrained, resnet_features
 from yolov1.config import ModelConfig
 
-__all__ = ["YOLOv1", "build_backbone", "build_model", "count_parameters"]
+__all__ = ["YOLOv1", "build_backbone", "build_model", "check_pretrained", "count_parameters"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +127,17 @@ def build_model(cfg: ModelConfig, *, load_pretrained_weights: bool = True) -> YO
     logger.info("built %s (%s backbone, %s head), %d parameters", cfg.variant if cfg.backbone == "darknet"
                 else "yolov1", cfg.backbone, cfg.head, count_parameters(model))
     return model
+
+
+def check_pretrained(cfg: ModelConfig, *, probe: Callable[[str], str | None] | None = None) -> str:
+    """Check ahead of training that ``cfg.pretrained`` can be had and fits `cfg`'s backbone, which is built on the
+    meta device (shapes only: no memory, no initialisation). Returns what was checked; raises
+    `yolov1.backbones.PretrainedWeightsError` (see `yolov1.backbones.check_pretrained_source`, `probe`)."""
+    if cfg.pretrained == "none":
+        return "model.pretrained: none"
+    with torch.device("meta"):
+        backbone, _ = build_backbone(cfg)
+    return check_pretrained_source(cfg, backbone.state_dict(), probe=probe)
 
 
 def build_backbone(cfg: ModelConfig) -> tuple[nn.Module, int]:
