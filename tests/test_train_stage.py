@@ -188,6 +188,19 @@ def test_train_stage_exits_non_zero_when_the_ranks_fail(prepared, tmp_path: Path
     assert not (tmp_path / "models" / "yolov1.pt").exists()
 
 
+def test_the_failure_reported_is_the_cause_not_a_rank_the_agent_stopped():
+    """When rank 1 fails (exit 2) the agent SIGTERMs rank 0, and both come back as failures: the stage must
+    report rank 1's code whichever order they are listed in (a loaded CI machine once reported rank 0's -15)."""
+    from yolov1.distributed import root_failure
+
+    assert root_failure({0: -15, 1: 2}) == (1, 2)
+    assert root_failure({1: 2, 0: -15}) == (1, 2)
+    assert root_failure({0: -15, 1: -9, 2: -15}) == (1, -9)  # a signal from outside (OOM killer), not the agent
+    assert root_failure({0: 3, 1: 2}) == (0, 3)  # two real errors: the lowest rank
+    assert root_failure({0: -15, 1: -15}) == (0, -15)
+    assert root_failure({1: None}) == (1, None)
+
+
 def test_train_gpus_must_fit_the_machine(prepared, tmp_path: Path, monkeypatch, capsys):
     from yolov1.distributed import world_size_for
 

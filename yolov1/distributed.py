@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from yolov1.checkpoint import get_rng_state
 
 __all__ = ["DistInfo", "LaunchFailed", "agree", "barrier", "check_replicas_agree", "gather_rng", "init_distributed",
-           "launch", "maybe_sync_batch_norm", "resolve_device", "world_size_for", "wrap_ddp"]
+           "launch", "maybe_sync_batch_norm", "resolve_device", "root_failure", "world_size_for", "wrap_ddp"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,10 +100,25 @@ def launch(nprocs: int, argv: Sequence[str], *, threads_per_process: int | None 
     try:
         elastic_launch(config, entrypoint=sys.executable)(*argv)
     except ChildFailedError as err:
-        rank, failure = min(err.failures.items())
-        code = failure.exitcode if failure.exitcode not in (None, 0) else 1
-        raise LaunchFailed(f"training process rank {rank} of {nprocs} failed (exit code {failure.exitcode}); "
+        rank, exitcode = root_failure({r: f.exitcode for r, f in err.failures.items()})
+        code = exitcode if exitcode not in (None, 0) else 1
+        raise LaunchFailed(f"training process rank {rank} of {nprocs} failed (exit code {exitcode}); "
                            f"the others were stopped", code if code > 0 else 128 - code) from None
+
+
+def root_failure(exitcodes: dict[int, int | None]) -> tuple[int, int | None]:
+    """(rank, exit code) of the failure that caused the others, from every failed rank's exit code.
+
+    When one rank fails, the agent SIGTERMs the rest, and they are reported as failed too (exit code -15); their
+    timestamps have one-second resolution, so they cannot tell the order. The cause is a rank that exited with
+    an error code of its own (> 0), else one killed by a signal other than SIGTERM (e.g. the OOM killer's
+    SIGKILL), else any; ties go to the lowest rank.
+    """
+    def kind(item: tuple[int, int | None]) -> tuple[int, int]:
+        rank, code = item
+        return (0 if code is not None and code > 0 else 1 if code != -signal.SIGTERM else 2), rank
+
+    return min(exitcodes.items(), key=kind)
 
 
 def init_distributed(device: str | torch.device) -> tuple[DistInfo, torch.device]:
