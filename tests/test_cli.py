@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 import yaml
 
 from pipelines import cli, preflight
+from tests.server_process import free_port
 
 
 def _help_paragraphs(text: str) -> list[str]:
@@ -63,13 +63,6 @@ def test_installed_console_script():
 # -- preflight -------------------------------------------------------------------------------------------------
 
 
-def _closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _params_file(tmp_path: Path, repo_params_dict: dict, archive: dict) -> Path:
     raw = copy.deepcopy(repo_params_dict)
     raw["data"]["root"] = str(tmp_path / "data")
@@ -83,7 +76,7 @@ def _params_file(tmp_path: Path, repo_params_dict: dict, archive: dict) -> Path:
 def test_preflight_passes_with_a_local_archive(tmp_path: Path, repo_params_dict, capsys):
     tarball = tmp_path / "have.tar"
     tarball.write_bytes(b"x")
-    dead = f"http://127.0.0.1:{_closed_port()}/VOCtest_06-Nov-2007.tar"  # never asked: local comes first
+    dead = f"http://127.0.0.1:{free_port()}/VOCtest_06-Nov-2007.tar"  # never asked: local comes first
     params = _params_file(tmp_path, repo_params_dict, {"local": str(tarball), "mirrors": [dead]})
     assert preflight.main(["--params", str(params), "--allow-cpu"]) == 0
     assert "every archive is available" in capsys.readouterr().out
@@ -104,14 +97,14 @@ def test_preflight_passes_with_a_live_mirror(tmp_path: Path, repo_params_dict):
     served.mkdir()
     (served / "VOCtest_06-Nov-2007.tar").write_bytes(b"x")
     with serve_folder(served, 0) as port:
-        dead = f"http://127.0.0.1:{_closed_port()}/VOCtest_06-Nov-2007.tar"
+        dead = f"http://127.0.0.1:{free_port()}/VOCtest_06-Nov-2007.tar"
         live = f"http://127.0.0.1:{port}/VOCtest_06-Nov-2007.tar"  # the dead one first: it falls through
         params = _params_file(tmp_path, repo_params_dict, {"mirrors": [dead, live]})
         assert preflight.main(["--params", str(params), "--allow-cpu", "--timeout", "5"]) == 0
 
 
 def test_preflight_dead_mirror_says_what_to_do(tmp_path: Path, repo_params_dict, capsys):
-    url = f"http://127.0.0.1:{_closed_port()}/VOCtest_06-Nov-2007.tar"
+    url = f"http://127.0.0.1:{free_port()}/VOCtest_06-Nov-2007.tar"
     params = _params_file(tmp_path, repo_params_dict, {"local": str(tmp_path / "missing.tar"), "mirrors": [url]})
     assert preflight.main(["--params", str(params), "--allow-cpu", "--timeout", "5"]) == 2
     err = capsys.readouterr().err

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import colorsys
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +40,10 @@ def _augment_cfg(**overrides) -> AugmentConfig:
     return AugmentConfig(**{**values, **overrides})
 
 
-def _data_cfg(use_difficult: bool = False, **augment_overrides) -> DataConfig:
+def _data_cfg(use_difficult: bool = False, cache: str = "none", **augment_overrides) -> DataConfig:
     return DataConfig(root="unused", archives=(), train_sets=("2007/trainval",), test_sets=("2007/test",),
                       classes=CLASSES, use_difficult=use_difficult, on_bad_object="error",
-                      augment=_augment_cfg(**augment_overrides))  # fmt: skip
+                      augment=_augment_cfg(**augment_overrides), cache=cache)  # fmt: skip
 
 
 def _write_image(path: Path, rects: list[tuple[tuple[int, int, int, int], tuple[int, int, int]]],
@@ -59,9 +58,8 @@ def _write_image(path: Path, rects: list[tuple[tuple[int, int, int, int], tuple[
     image.save(path, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
 
 
-def _dataset(tmp_path: Path, images: list[dict], *, train: bool, use_difficult: bool = False,
-             **augment_overrides) -> VOCDetection:
-    """images: [{"id", "rects": [(box, colour, label, difficult)]}] -> files under tmp_path and the tables."""
+def _tables(tmp_path: Path, images: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """images: [{"id", "rects": [(box, colour, label, difficult)]}] -> files under tmp_path; the two tables."""
     image_rows, object_rows = [], []
     for spec in images:
         rel = f"JPEGImages/{spec['id']}.jpg"
@@ -74,7 +72,14 @@ def _dataset(tmp_path: Path, images: list[dict], *, train: bool, use_difficult: 
                                 "ymax": float(box[3]), "difficult": int(difficult), "truncated": 0})  # fmt: skip
     objects = pd.DataFrame(object_rows, columns=["image_id", "class_name", "class_index", "xmin", "ymin", "xmax",
                                                  "ymax", "difficult", "truncated"])  # fmt: skip
-    return VOCDetection(pd.DataFrame(image_rows), objects, root=tmp_path, data_cfg=_data_cfg(use_difficult,
+    return pd.DataFrame(image_rows), objects
+
+
+def _dataset(tmp_path: Path, images: list[dict], *, train: bool, use_difficult: bool = False, cache: str = "none",
+             **augment_overrides) -> VOCDetection:
+    """The files and tables of `_tables`, as a dataset."""
+    image_table, objects = _tables(tmp_path, images)
+    return VOCDetection(image_table, objects, root=tmp_path, data_cfg=_data_cfg(use_difficult, cache,
                         **augment_overrides), input_size=SIZE, grid_size=GRID, train=train)  # fmt: skip
 
 
@@ -342,23 +347,9 @@ TWO_IMAGES = [{"id": "000001", "rects": [((40, 30, 100, 90), RED, 0, False)]},
               {"id": "000002", "rects": [((10, 10, 60, 50), GREEN, 1, False), ((90, 40, 150, 110), RED, 0, True)]}]
 
 
-def _cached(dataset: VOCDetection) -> VOCDetection:
-    """The same dataset with data.cache: ram (built from the same tables and files)."""
-    cfg = dataclasses.replace(dataset.augment_cfg)
-    data_cfg = dataclasses.replace(_data_cfg(dataset.use_difficult), augment=cfg, cache="ram")
-    images = pd.DataFrame({"image_id": dataset._image_ids, "path": dataset._paths, "width": dataset._sizes[:, 0],
-                           "height": dataset._sizes[:, 1]})
-    objects = pd.DataFrame({"image_id": np.repeat(dataset._image_ids, np.diff(dataset._offsets)),
-                            "class_index": dataset._labels, "xmin": dataset._boxes[:, 0], "ymin": dataset._boxes[:, 1],
-                            "xmax": dataset._boxes[:, 2], "ymax": dataset._boxes[:, 3],
-                            "difficult": dataset._difficult})
-    return VOCDetection(images, objects, root=dataset.root, data_cfg=data_cfg, input_size=dataset.input_size,
-                        grid_size=dataset.grid_size, train=dataset.train)
-
-
 def test_ram_cache_gives_the_same_evaluation_samples(tmp_path):
     plain = _dataset(tmp_path, TWO_IMAGES, train=False)
-    cached = _cached(plain)
+    cached = _dataset(tmp_path, TWO_IMAGES, train=False, cache="ram")  # the same files, written again
     assert cached._cache.shape == (2, 3, SIZE, SIZE) and cached._cache.dtype == torch.uint8
     for i in range(len(plain)):
         (a, ta, ia), (b, tb, ib) = plain[i], cached[i]
@@ -371,7 +362,7 @@ def test_ram_cache_gives_the_same_flip_only_training_samples_and_stays_untouched
     """Flip + colour augmentation (no scale/shift): the cached square gives the very samples the files give, draw
     for draw; reading never writes into the cache."""
     plain = _dataset(tmp_path, TWO_IMAGES, train=True, scale=0.0, translate=0.0)
-    cached = _cached(plain)
+    cached = _dataset(tmp_path, TWO_IMAGES, train=True, cache="ram", scale=0.0, translate=0.0)
     before = cached._cache.clone()
     for seed in range(6):
         torch.manual_seed(seed)
@@ -386,7 +377,7 @@ def test_ram_cache_gives_the_same_flip_only_training_samples_and_stays_untouched
 
 def test_ram_cache_with_scale_and_shift_keeps_boxes_on_the_object(tmp_path):
     """With scale/translate the crop comes from the cached square: the box still covers the red rectangle."""
-    cached = _cached(_dataset(tmp_path, ONE_RED, train=True, exposure=1.0, saturation=1.0))
+    cached = _dataset(tmp_path, ONE_RED, train=True, cache="ram", exposure=1.0, saturation=1.0)
     for seed in range(5):
         torch.manual_seed(seed)
         sample = cached._load_augmented(0)
@@ -398,7 +389,8 @@ def test_ram_cache_with_scale_and_shift_keeps_boxes_on_the_object(tmp_path):
 
 
 def test_ram_cache_names_an_undecodable_file(tmp_path):
-    plain = _dataset(tmp_path, TWO_IMAGES, train=False)
+    images, objects = _tables(tmp_path, TWO_IMAGES)
     (tmp_path / "JPEGImages" / "000002.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(ValueError, match="000002.jpg"):
-        _cached(plain)
+        VOCDetection(images, objects, root=tmp_path, data_cfg=_data_cfg(cache="ram"), input_size=SIZE,
+                     grid_size=GRID, train=False)

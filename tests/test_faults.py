@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +16,9 @@ import yaml
 from pipelines import flows
 from pipelines.cli import EXIT_INTERRUPTED, run_main
 from pipelines.tracking import TrackingUnavailable
+from tests.server_process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -53,7 +47,7 @@ def test_failed_train_stage_under_dvc_keeps_the_model_byte_identical(tmp_path, r
     old = {"models/yolov1.pt": os.urandom(4096), "models/yolov1.json": b'{"mlflow_run_id": "champion"}\n'}
     for name, data in old.items():
         (ws / name).write_bytes(data)
-    uri = f"http://127.0.0.1:{_closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     out = subprocess.run([sys.executable, "-m", "dvc", "repro", "--force", "train"], cwd=ws, capture_output=True,
                          text=True, env=_env(MLFLOW_TRACKING_URI=uri), timeout=600)
     assert out.returncode != 0 and "cannot be reached" in out.stdout + out.stderr, out.stdout + out.stderr
@@ -63,7 +57,7 @@ def test_failed_train_stage_under_dvc_keeps_the_model_byte_identical(tmp_path, r
 
 def test_flow_train_task_checks_tracking_before_dvc_runs(tmp_path, repo_params_dict, monkeypatch):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params_dict))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(TrackingUnavailable, match="cannot be reached"):
         flows.check_tracking(str(tmp_path))
     # The workspace's relative sqlite store is checked where the stage will use it (in the workspace), not in
@@ -147,7 +141,7 @@ def test_download_stage_exit_code_tells_network_from_deterministic_failures(tmp_
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.chdir(tmp_path)
     try:
-        for mirror, code in [(f"http://127.0.0.1:{_closed_port()}/a.tar", EXIT_NETWORK),
+        for mirror, code in [(f"http://127.0.0.1:{free_port()}/a.tar", EXIT_NETWORK),
                              (f"http://127.0.0.1:{server.server_address[1]}/a.tar", 2)]:
             raw = copy.deepcopy(repo_params_dict)
             raw["data"]["root"] = "data"

@@ -9,7 +9,6 @@ import multiprocessing
 import random
 import re
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 
 from pipelines.register import decide, run
 from pipelines.tracking import TrackingUnavailable, check_reachable, configure, write_json
+from tests.server_process import free_port
 from yolov1.config import Params, RegisterConfig, params_from_dict
 
 TEST_HASH = "a" * 64  # the test split every model here was scored on, unless a test says otherwise
@@ -524,14 +524,8 @@ def test_register_main_reports_a_registry_error_in_one_redacted_line(tmp_path, m
 # --- no tracking server ------------------------------------------------------------------------------------------
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens once the socket is closed
-
-
 def test_unreachable_tracking_server_is_named_without_waiting():
-    uri = f"http://127.0.0.1:{_closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
     with pytest.raises(TrackingUnavailable, match=re.escape(uri)):
         check_reachable(uri, timeout=5.0)
@@ -543,7 +537,7 @@ def test_register_main_reports_an_unreachable_server_in_one_line(tmp_path, monke
 
     from pipelines.register import main
 
-    uri = f"http://127.0.0.1:{_closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(repo_params_dict))

@@ -12,19 +12,18 @@ import copy
 import http.client
 import http.server
 import os
-import queue
 import secrets
-import socket
 import subprocess
 import sys
 import threading
-import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pipelines.tracking import TrackingUnavailable, check_reachable, split_credentials, tracking_uri
+from tests.server_process import free_port, running_server
 from yolov1.config import TrackingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,12 +38,6 @@ TRACKING = TrackingConfig(experiment="e", uri="sqlite:///mlflow.db", artifact_ro
 def _assert_clean(text: str, where: str) -> None:
     for secret in SECRETS:
         assert secret not in text, f"{secret!r} found in {where}: ...{text[max(0, text.find(secret) - 200):][:400]}"
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _BasicAuthProxy:
@@ -146,7 +139,7 @@ def test_reachability_probe_says_401_and_never_shows_the_password(auth_server, c
         check_reachable(f"http://{USER}:Wr0ngPw@127.0.0.1:{auth_server.port}")
     assert f"http://{USER}:***@127.0.0.1:{auth_server.port}" in str(err.value) and "Wr0ngPw" not in str(err.value)
     with pytest.raises(TrackingUnavailable) as err:
-        check_reachable(f"http://{USER}:{PASSWORD}@127.0.0.1:{_closed_port()}")
+        check_reachable(f"http://{USER}:{PASSWORD}@127.0.0.1:{free_port()}")
     assert "cannot be reached" in str(err.value)
     _assert_clean(str(err.value), "the unreachable-server message")
 
@@ -168,7 +161,7 @@ def test_train_stage_against_a_dead_server_prints_no_secret(tmp_path, clean_env,
     from pipelines import train as train_stage
 
     clean_env.chdir(tmp_path)
-    clean_env.setenv("MLFLOW_TRACKING_URI", f"http://{USER}:{PASSWORD}@127.0.0.1:{_closed_port()}")
+    clean_env.setenv("MLFLOW_TRACKING_URI", f"http://{USER}:{PASSWORD}@127.0.0.1:{free_port()}")
     raw = copy.deepcopy(repo_params_dict)
     raw["data"]["archives"][0]["mirrors"] = [MIRROR]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
@@ -193,7 +186,7 @@ def test_predict_registry_lookup_leaks_no_secret(tmp_path, clean_env, capfd, cap
 
     clean_env.chdir(tmp_path)
     live = where == "env, server behind basic auth"  # a stub answering {}: MLflow finds no weights there
-    port = auth_server.port if live else _closed_port()
+    port = auth_server.port if live else free_port()
     uri = f"http://{USER}:{PASSWORD}@127.0.0.1:{port}"
     Image.fromarray(np.zeros((30, 40, 3), dtype=np.uint8)).save(tmp_path / "img.png")
     argv = ["img.png", "--model", "models:/yolov1-voc@champion", "--out", "out"]
@@ -245,7 +238,7 @@ def test_flow_stores_no_secret_in_logs_states_or_results(prefect_api, tmp_path, 
     (ws / "params.yaml").write_text(yaml.safe_dump(repo_params_dict))
     env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=ws, check=True, env=env)
-    clean_env.setenv("MLFLOW_TRACKING_URI", f"http://{USER}:{PASSWORD}@127.0.0.1:{_closed_port()}")
+    clean_env.setenv("MLFLOW_TRACKING_URI", f"http://{USER}:{PASSWORD}@127.0.0.1:{free_port()}")
 
     @flow(persist_result=True)
     def leaky(workspace: str) -> list:
@@ -278,32 +271,16 @@ def test_flow_stores_no_secret_in_logs_states_or_results(prefect_api, tmp_path, 
 
 # --- train, evaluate, register against a real MLflow server behind basic auth -----------------------------------
 
-def _start_mlflow_server(store: Path) -> tuple[subprocess.Popen, int]:
-    """`mlflow server` on a free loopback port; returns once it logs that it listens (no polling, no sleeps)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+@contextmanager
+def _mlflow_server(store: Path):
+    """`mlflow server` on a free loopback port, yielded once it logs that it listens (no polling, no sleeps)."""
+    port = free_port()
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
            f"sqlite:///{store}/mlflow.db", "--artifacts-destination", str(store / "artifacts"),
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
-    proc = subprocess.Popen(cmd, cwd=store, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    lines: queue.Queue = queue.Queue()
-
-    def pump():
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    deadline, seen = time.monotonic() + 300, []
-    while True:
-        line = lines.get(timeout=max(1.0, deadline - time.monotonic()))
-        assert line is not None, "mlflow server exited:\n" + "".join(seen[-30:])
-        seen.append(line)
-        if "Uvicorn running on" in line or "Listening at" in line:
-            return proc, port
+    with running_server(cmd, cwd=store, env=env, ready=["Uvicorn running on", "Listening at"], deadline_s=300):
+        yield port
 
 
 @pytest.mark.slow
@@ -327,49 +304,47 @@ def test_train_evaluate_register_leak_no_secret(tmp_path, clean_env, capfd, capl
     store, ws = tmp_path / "server", tmp_path / "ws"
     store.mkdir()
     ws.mkdir()
-    proc, port = _start_mlflow_server(store)
-    proxy = _BasicAuthProxy(("127.0.0.1", port))
-    try:
-        clean_env.chdir(ws)
-        generate_voc(ws / "data" / "extracted", num_trainval=8, num_test=4, image_size=((80, 120), (64, 100)),
-                     seed=5, classes=["aeroplane", "bicycle", "bird"], max_objects=2, object_size=(0.25, 0.5),
-                     difficult_size=(0.06, 0.1), difficult_fraction=0.1, truncated_fraction=0.1, max_overhang=0.2,
-                     max_iou=0.3, colour_jitter=10)
-        raw = _raw_params()
-        raw["data"]["archives"][0]["mirrors"] = [MIRROR]
-        raw["register"]["min_map"] = 0.0
-        tables = read_tables(params_from_dict(raw).data, workers=1)
-        (ws / "data" / "prepared").mkdir()
-        tables.images.to_parquet(ws / "data" / "prepared" / "images.parquet", index=False)
-        tables.objects.to_parquet(ws / "data" / "prepared" / "objects.parquet", index=False)
-        (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))  # outside the searched folders: the input
-        clean_env.setenv("MLFLOW_TRACKING_URI", f"http://{USER}:{PASSWORD}@127.0.0.1:{proxy.port}")
-        params = ["--params", str(tmp_path / "params.yaml")]
-        with caplog.at_level(logging.DEBUG):
-            assert train_stage.main(params) == 0
-            assert evaluate_stage.main(params) == 0
-            assert register_stage.main(params) == 0
-        assert proxy.seen and all(proxy.seen)  # every request carried the credentials
-        out, err = capfd.readouterr()
-        _assert_clean(out + err, "stdout/stderr")
-        _assert_clean("\n".join(r.getMessage() for r in caplog.records), "log records")
-        client = MlflowClient(f"http://127.0.0.1:{port}")  # straight to the server, behind the proxy's back
-        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        assert runs
-        for run in runs:
-            _assert_clean(repr(run.data.params) + repr(run.data.tags), f"run {run.info.run_id} params/tags")
-        for mv in client.search_model_versions():
-            _assert_clean(repr(mv), "a model version")
-        searched = 0
-        for folder in (ws, store):
-            for path in folder.rglob("*"):
-                if path.is_file():
-                    _assert_clean(path.read_bytes().decode("latin-1"), str(path))
-                    searched += 1
-        params_artifacts = list((store / "artifacts").rglob("params.yaml"))
-        assert params_artifacts and "bob:***@mirror.invalid" in params_artifacts[0].read_text()
-        assert searched > 20
-    finally:
-        proxy.close()
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=60)
+    with _mlflow_server(store) as port:
+        proxy = _BasicAuthProxy(("127.0.0.1", port))
+        try:
+            clean_env.chdir(ws)
+            generate_voc(ws / "data" / "extracted", num_trainval=8, num_test=4, image_size=((80, 120), (64, 100)),
+                         seed=5, classes=["aeroplane", "bicycle", "bird"], max_objects=2, object_size=(0.25, 0.5),
+                         difficult_size=(0.06, 0.1), difficult_fraction=0.1, truncated_fraction=0.1, max_overhang=0.2,
+                         max_iou=0.3, colour_jitter=10)
+            raw = _raw_params()
+            raw["data"]["archives"][0]["mirrors"] = [MIRROR]
+            raw["register"]["min_map"] = 0.0
+            tables = read_tables(params_from_dict(raw).data, workers=1)
+            (ws / "data" / "prepared").mkdir()
+            tables.images.to_parquet(ws / "data" / "prepared" / "images.parquet", index=False)
+            tables.objects.to_parquet(ws / "data" / "prepared" / "objects.parquet", index=False)
+            (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))  # outside the searched folders: the input
+            clean_env.setenv("MLFLOW_TRACKING_URI", f"http://{USER}:{PASSWORD}@127.0.0.1:{proxy.port}")
+            params = ["--params", str(tmp_path / "params.yaml")]
+            with caplog.at_level(logging.DEBUG):
+                assert train_stage.main(params) == 0
+                assert evaluate_stage.main(params) == 0
+                assert register_stage.main(params) == 0
+            assert proxy.seen and all(proxy.seen)  # every request carried the credentials
+            out, err = capfd.readouterr()
+            _assert_clean(out + err, "stdout/stderr")
+            _assert_clean("\n".join(r.getMessage() for r in caplog.records), "log records")
+            client = MlflowClient(f"http://127.0.0.1:{port}")  # straight to the server, behind the proxy's back
+            runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+            assert runs
+            for run in runs:
+                _assert_clean(repr(run.data.params) + repr(run.data.tags), f"run {run.info.run_id} params/tags")
+            for mv in client.search_model_versions():
+                _assert_clean(repr(mv), "a model version")
+            searched = 0
+            for folder in (ws, store):
+                for path in folder.rglob("*"):
+                    if path.is_file():
+                        _assert_clean(path.read_bytes().decode("latin-1"), str(path))
+                        searched += 1
+            params_artifacts = list((store / "artifacts").rglob("params.yaml"))
+            assert params_artifacts and "bob:***@mirror.invalid" in params_artifacts[0].read_text()
+            assert searched > 20
+        finally:
+            proxy.close()
