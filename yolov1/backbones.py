@@ -175,10 +175,7 @@ def check_pretrained_source(cfg: ModelConfig, wanted: dict[str, Tensor], *,
         if not path.is_file():
             why = "no way to check the network was given" if probe is None else probe(url)
             if why is not None:
-                raise PretrainedWeightsError(
-                    f"model.pretrained: imagenet: {path} not found and {url} cannot be fetched ({redact(why)}). "
-                    f"On a machine with internet, download that URL and copy the file to {path} (the folder is "
-                    f"$TORCH_HOME/hub/checkpoints; TORCH_HOME is {os.environ.get('TORCH_HOME', 'unset')})")
+                raise _imagenet_missing(url, path, f"{url} cannot be fetched ({redact(why)})")
             return f"model.pretrained: imagenet: {url} answers (training downloads it to {path})"
         state, shown = _read(path, "model.pretrained: imagenet"), f"imagenet ({path})"
     else:
@@ -219,12 +216,16 @@ def _imagenet_state_dict(arch: str) -> dict[str, Tensor]:
             torch.hub.download_url_to_file(url, str(path), hash_prefix.group(1) if hash_prefix else None,
                                            progress=False)
         except Exception as err:  # URLError, timeouts, hash mismatch: all mean "not available here"
-            raise PretrainedWeightsError(
-                f"model.pretrained: imagenet: {path} not found and downloading {url} failed "
-                f"({redact(str(err))}). On a machine with internet, download that URL and copy the file to {path} "
-                f"(the folder is $TORCH_HOME/hub/checkpoints; TORCH_HOME is {os.environ.get('TORCH_HOME', 'unset')})"
-            ) from None
+            raise _imagenet_missing(url, path, f"downloading {url} failed ({redact(str(err))})") from None
     return _read(path, "model.pretrained: imagenet")
+
+
+def _imagenet_missing(url: str, path: Path, why: str) -> PretrainedWeightsError:
+    """The error for torchvision's ImageNet file that is not at `path` and cannot be had now, and what to do."""
+    return PretrainedWeightsError(
+        f"model.pretrained: imagenet: {path} not found and {why}. On a machine with internet, download {url} and "
+        f"copy the file to {path} (the folder is $TORCH_HOME/hub/checkpoints; TORCH_HOME is "
+        f"{os.environ.get('TORCH_HOME', 'unset')})")
 
 
 def _file_state_dict(path: Path, cfg: ModelConfig) -> dict[str, Tensor]:
