@@ -225,6 +225,10 @@ def test_nan_from_yaml_file_names_file_and_key(tmp_path, repo_params_dict):
         (("pretrain", "val_fraction"), 1.0, "in [0, 1)"),
         (("pretrain", "lr"), 0.0, "in (0, 10]"),
         (("pretrain", "momentum"), -0.5, "in [0, 1)"),
+        (("pretrain", "hue"), 0.6, "in [0, 0.5]"),
+        (("pretrain", "saturation"), 0.5, "in [1, 10]"),
+        (("train", "ema_decay"), 1.0, "in [0, 1)"),
+        (("train", "ema_decay"), -0.1, "in [0, 1)"),
     ],
 )
 def test_out_of_range_numbers_name_the_key_and_the_rule(repo_params_dict, key, value, rule):

@@ -394,3 +394,27 @@ def test_ram_cache_names_an_undecodable_file(tmp_path):
     with pytest.raises(ValueError, match="000002.jpg"):
         VOCDetection(images, objects, root=tmp_path, data_cfg=_data_cfg(cache="ram"), input_size=SIZE,
                      grid_size=GRID, train=False)
+
+
+def test_ram_cache_larger_than_free_memory_is_refused_before_allocating(tmp_path, monkeypatch):
+    """A cache that cannot fit fails at once with the key, the sizes and the way out, instead of swapping or
+    being killed by the OOM killer mid-decode; nothing is decoded."""
+    images, objects = _tables(tmp_path, TWO_IMAGES)
+    need = 2 * 3 * SIZE * SIZE
+    real_read = data.read_rgb
+    decoded = []
+    monkeypatch.setattr(data, "read_rgb", lambda path: decoded.append(path) or real_read(path))
+    monkeypatch.setattr(data, "available_memory", lambda: need - 1)
+    with pytest.raises(ValueError, match=r"data.cache: ram needs 0.00 GB for 2 images at 96 px, but only .* set "
+                                         r"data.cache: none"):
+        VOCDetection(images, objects, root=tmp_path, data_cfg=_data_cfg(cache="ram"), input_size=SIZE,
+                     grid_size=GRID, train=False)
+    assert decoded == []
+    monkeypatch.setattr(data, "available_memory", lambda: need)  # exactly enough: accepted
+    assert VOCDetection(images, objects, root=tmp_path, data_cfg=_data_cfg(cache="ram"), input_size=SIZE,
+                        grid_size=GRID, train=False)._cache.nbytes == need
+
+
+def test_available_memory_reads_linux_meminfo():
+    value = data.available_memory()
+    assert value is None or value > 0

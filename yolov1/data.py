@@ -42,6 +42,7 @@ __all__ = [
     "worker_init_fn",
     "tune_malloc",
     "read_rgb",
+    "available_memory",
     "load_split",
 ]
 
@@ -153,8 +154,12 @@ class VOCDetection(torch.utils.data.Dataset):
         """Decode and resize every image to (3, input_size, input_size) uint8, in threads (decoding and resizing
         release the GIL); returns them stacked (N, 3, s, s)."""
         n, size = len(self._image_ids), self.input_size
+        nbytes, available = n * 3 * size * size, available_memory()
+        if available is not None and nbytes > available:  # refuse now, not after the kernel's OOM killer
+            raise ValueError(f"data.cache: ram needs {nbytes / 1e9:.2f} GB for {n} images at {size} px, but only "
+                             f"{available / 1e9:.2f} GB of memory is available; set data.cache: none")
         cache = torch.empty(n, 3, size, size, dtype=torch.uint8)
-        logger.info("data.cache ram: decoding %d images into %.1f MB of memory", n, cache.nbytes / 1e6)
+        logger.info("data.cache ram: decoding %d images into %.1f MB of memory", n, nbytes / 1e6)
 
         def fill(i: int) -> None:
             cache[i] = F.resize(self._read_image(i), [size, size], antialias=True)
@@ -219,6 +224,18 @@ class VOCDetection(torch.utils.data.Dataset):
             raise ValueError(f"{path}: decoded size {image.shape[-1]}x{image.shape[-2]} differs from the "
                              f"table's {width}x{height} (image {self._image_ids[i]})")
         return image
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux's MemAvailable), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the file says kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def read_rgb(path: Path) -> Tensor:
